@@ -1,0 +1,1 @@
+"""Procedural task generators for the appo environments."""
