@@ -1,0 +1,28 @@
+"""Isolated execution of untrusted, model-written Python code, behind a small backend registry."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sandboxes.base import ExecResult, ExecStatus, Sandbox, SandboxError
+from sandboxes.isolation import IsolationReport, probe_isolation
+from sandboxes.limits import SandboxLimits
+from sandboxes.process import ProcessSandbox
+
+# Backend name -> factory taking the backend's keyword options; other backends register here.
+SANDBOX_BACKENDS: dict[str, Callable[..., Sandbox]] = {"process": ProcessSandbox}
+
+
+def make_sandbox(backend: str = "process", **kwargs: Any) -> Sandbox:
+    """Create a sandbox by backend name, so configs can choose one with a string."""
+    try:
+        factory = SANDBOX_BACKENDS[backend]
+    except KeyError:
+        known = ", ".join(sorted(SANDBOX_BACKENDS))
+        raise ValueError(f"unknown sandbox backend {backend!r}; known backends: {known}") from None
+    return factory(**kwargs)
+
+
+__all__ = [
+    "ExecResult", "ExecStatus", "IsolationReport", "ProcessSandbox", "SANDBOX_BACKENDS", "Sandbox",
+    "SandboxError", "SandboxLimits", "make_sandbox", "probe_isolation",
+]
