@@ -94,7 +94,8 @@ class EpisodeState:
 class ToolEnv(gym.Env[str, str]):
     """Base class: tools + tasks + faults + budgets behind the Gymnasium API."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4,
+                                          "autoreset_mode": AutoresetMode.NEXT_STEP}
     system_intro: ClassVar[str] = "You are an agent that solves tasks with tools."
 
     def __init__(self, faults: Any = None, intensity: float | None = None,

@@ -30,7 +30,7 @@ def make_env():
 
 @pytest.mark.parametrize("profile", sorted(PRESETS))
 def test_check_env_every_preset(make_env, profile):
-    check_env(make_env(faults=profile).unwrapped, skip_render_check=True)
+    check_env(make_env(faults=profile, render_mode="ansi").unwrapped)
 
 
 def test_make_with_module_prefix_and_reset_info(make_env):
