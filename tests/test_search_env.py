@@ -1,0 +1,178 @@
+"""Search-v0 through the Gymnasium API: checker, tasks, grading, HTTP faults, determinism, fork, fuzzing, agent."""
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import appo_envs
+from appo_envs.agents import ScriptedSearchAgent, run_episode
+from appo_envs.faults import PRESETS
+from appo_envs.tasks.search import exact_match, f1_score, generate_search_task, normalize_answer
+from appo_envs.toolcalls import parse_tool_responses, render_answer, render_tool_call
+from sandboxes.corpus import SCHEMA, load_corpus
+
+ENV_ID = "appo/Search-v0"
+
+
+@pytest.fixture
+def make_env():
+    envs = []
+
+    def make(**kwargs):
+        env = gym.make(ENV_ID, **kwargs)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.close()
+
+
+@pytest.mark.parametrize("profile", sorted(PRESETS))
+def test_check_env_every_preset(make_env, profile):
+    check_env(make_env(faults=profile, render_mode="ansi").unwrapped)
+
+
+def test_reset_info_and_bad_arguments(make_env):
+    obs, info = make_env().reset(seed=0)
+    assert [t["function"]["name"] for t in info["tools"]] == ["search"]
+    assert "What is the" in obs and info["task_id"].startswith("search-h")
+    with pytest.raises(ValueError, match="hops"):
+        gym.make(ENV_ID, hops=4)
+    env = make_env().unwrapped
+    with pytest.raises(ValueError, match="hops"):
+        env.reset(seed=0, options={"hops": 0})
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_generated_answers_follow_the_corpus_facts(hops):
+    corpus = load_corpus()
+    rng = np.random.default_rng(hops)
+    for _ in range(50):
+        task = generate_search_task(rng, corpus, hops)
+        assert len(task.path) == len(task.visited) == hops
+        etype, value = task.start_type, task.start
+        for (vtype, vname), attribute in zip(task.visited, task.path):
+            assert (vtype, vname) == (etype, value)
+            value, etype = str(corpus.fact(etype, value, attribute)), SCHEMA[etype][attribute]
+        assert value == task.answer
+        assert task.start in task.question
+
+
+def test_grading_normalises_and_reports_f1(make_env):
+    assert exact_match("  The Vrafar  Partners! ", "vrafar partners") and not exact_match("Vrafar", "Vrafar Partners")
+    assert normalize_answer("A Kettle, the best.") == "kettle best"
+    assert f1_score("Vrafar", "Vrafar Partners") == pytest.approx(2 / 3)
+    env = make_env()
+    env.reset(seed=2)
+    expected = env.unwrapped.task_spec()["answer"]
+    _, reward, term, _, info = env.step(render_answer(f" {expected.upper()}. "))
+    assert term and reward == 1.0 and info["f1"] == 1.0 and info["expected"] == expected
+    env.reset(seed=2)
+    _, reward, _, _, info = env.step(render_answer("nobody"))
+    assert reward == 0.0 and info["f1"] == 0.0 and not info["success"]
+
+
+def test_search_results_are_real_retrieval(make_env):
+    env = make_env()
+    env.reset(seed=4)
+    start = env.unwrapped.task_spec()["start"]
+    obs, *_ = env.step(render_tool_call("search", {"query": start, "topk": 5}))
+    (name, status, content), = parse_tool_responses(obs)
+    assert status == "ok" and content.startswith(f'Doc 1(Title: "{start}")') and content.count("\nDoc ") == 4
+    obs, *_ = env.step(render_tool_call("search", {"query": "qqqzzz"}))
+    assert "No documents matched" in obs
+    obs, *_ = env.step(render_tool_call("search", {"query": "x", "topk": 99}))
+    assert "topk must be in 1..10" in obs
+
+
+@pytest.mark.parametrize("kind, seen", [("http_5xx", "HTTP 503 Service Unavailable"),
+                                        ("http_429", "Retry-After"), ("exception", "HTTP 500"),
+                                        ("timeout", "ReadTimeout"), ("connection_reset", "Connection reset by peer"),
+                                        ("truncated_body", "RemoteProtocolError")])
+def test_injected_faults_are_real_http_behaviour(make_env, kind, seen):
+    env = make_env(faults={"tools": {"search": {"error_rate": 1.0, "error_kinds": [kind]}}})
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step(render_tool_call("search", {"query": "anything"}))
+    assert seen in obs
+    assert [f["kind"] for f in info["faults"]] == [kind]
+    assert info["tool_calls"][0]["status"] in ("error", "timeout")
+
+
+def _play(env, actions, seed):
+    out = [env.reset(seed=seed)]
+    for a in actions:
+        out.append(env.step(a))
+    return out
+
+
+ACTIONS = [render_tool_call("search", {"query": "Kettle"}), "no tags here",
+           render_tool_call("search", {"query": "日本語 🚀"}) * 2, '<tool_call>{"name": "nope"}</tool_call>',
+           render_answer("7")]
+
+
+def test_same_seed_same_everything_different_seed_differs(make_env):
+    a = _play(make_env(faults="chaos"), ACTIONS, seed=11)
+    b = _play(make_env(faults="chaos"), ACTIONS, seed=11)
+    c = _play(make_env(faults="chaos"), ACTIONS, seed=12)
+    assert a == b
+    assert a != c
+
+
+def test_fork_mid_episode_has_identical_independent_future(make_env):
+    env = make_env(faults="chaos", budgets={"max_turns": 20})
+    env.reset(seed=5)
+    env.step(ACTIONS[0])
+    child = appo_envs.fork_env(env)
+    log_before = list(env.unwrapped.fault_log)
+    child_out = [child.step(a) for a in ACTIONS[:4]]
+    assert list(env.unwrapped.fault_log) == log_before
+    parent_out = [env.step(a) for a in ACTIONS[:4]]
+    assert child_out == parent_out
+    child.close()
+
+
+FUZZ_FAULTS = {"base": "chaos", "patience": {"base_hazard": 0.0, "per_second": 0.0, "per_turn": 0.0}}
+FUZZ_BUDGETS = {"max_turns": 500, "max_tool_calls": 500, "time_budget_s": 1e6}
+
+
+@pytest.fixture(scope="module")
+def fuzz_env():
+    # Every fault kind, but a patient user and roomy budgets, so that most steps act rather than reset.
+    env = gym.make(ENV_ID, faults=FUZZ_FAULTS, budgets=FUZZ_BUDGETS).unwrapped
+    env.reset(seed=0)
+    yield env
+    env.close()
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet="<>/{}\":,[] tool_callanswer", max_size=200),
+    st.builds(lambda s: "<tool_call>" + s + "</tool_call>", st.text(max_size=100)),
+    st.builds(lambda q, k: render_tool_call("search", {"query": q, "topk": k}), st.text(max_size=80),
+              st.one_of(st.integers(-5, 20), st.text(max_size=3), st.none(), st.floats())),
+    st.builds(lambda args: render_tool_call("search", args),
+              st.dictionaries(st.sampled_from(["query", "topk", "q", ""]), st.one_of(st.text(max_size=20), st.integers()))),
+    st.builds(lambda s: "<answer>" + s, st.text(max_size=50)),
+))
+def test_arbitrary_actions_never_raise(fuzz_env, action):
+    obs, rew, term, trunc, info = fuzz_env.step(action)
+    assert fuzz_env.observation_space.contains(obs)
+    assert isinstance(rew, float)
+    if term or trunc:
+        fuzz_env.reset()
+
+
+def test_scripted_agent_clean_and_degraded(make_env):
+    clean_env = make_env(faults="clean")
+    clean = [run_episode(clean_env, ScriptedSearchAgent(), seed=s) for s in range(60)]
+    assert np.mean([r.success for r in clean]) >= 0.95
+    assert {r.tool_calls for r in clean} == {1, 2, 3}  # every hop count occurs
+    degraded_env = make_env(faults="degraded")
+    degraded = [run_episode(degraded_env, ScriptedSearchAgent(), seed=s) for s in range(40)]
+    rate = np.mean([r.success for r in degraded])
+    assert 0 < rate < 1.0
+    assert any(r.infra_failure for r in degraded)
