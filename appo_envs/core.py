@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping
@@ -18,8 +17,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from appo_envs.faults import ERROR_KINDS, FaultInjector, FaultProfile, resolve_profile
+from appo_envs.faults import CallFault, FaultInjector, FaultLog, FaultProfile, resolve_profile
+from appo_envs.faults.apply import run_call
 from appo_envs.faults.draws import stream_key
+from appo_envs.faults.errors import TokenBucket
+from appo_envs.faults.hostile import obeyed_canaries
+from appo_envs.faults.log import Outcome, infra_failure
 from appo_envs.spaces import UnicodeText
 from appo_envs.toolcalls import (
     ANSWER_OPEN,
@@ -33,6 +36,7 @@ from appo_envs.toolcalls import (
 from appo_envs.tools.base import Tool, ToolOutput, tool_schema, validate_arguments
 
 OBSERVATION_MAX_CHARS = 32_768  # hard ceiling of the observation space; budgets stay below it
+_NOT_FAILURES = frozenset({"latency", "cold_start", "hostile"})  # events that do not fail a call
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,15 @@ class EpisodeState:
     clock_s: float = 0.0
     done: bool = False
     success: bool = False
-    error_faults: int = 0  # injected errors that hit a call this episode
+    truncation_reason: str | None = None
+    last_answer_clock_s: float = 0.0  # env clock at the last answer-bearing turn (patience counts from here)
+    last_answer_turn: int = 0
+    last_call_faulted: bool = False  # the latest tool call hit an infrastructure fault
     fault_log: list[dict[str, Any]] = field(default_factory=list)
+    answers_by_tool: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)  # real answers, for stale results
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)  # rate-limit state per tool
+    canaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # hostile injections not yet obeyed
+    fault_entropy: list[int] = field(default_factory=list)  # fresh-pairing keys (episode's, then each fresh fork's)
     transcript: list[tuple[str, str]] = field(default_factory=list)  # (role, text)
 
 
@@ -108,8 +119,10 @@ class ToolEnv(gym.Env[str, str]):
         self.observation_space = UnicodeText(OBSERVATION_MAX_CHARS)
         self.action_space = UnicodeText(self.budgets.max_action_chars)
         self.tools: dict[str, Tool] = self._build_tools()
+        self._check_fault_support()
         self._state: EpisodeState | None = None
         self._injector: FaultInjector | None = None
+        self.cassette: Any = None  # records or replays tool calls (appo_envs.cassette); None: tools run as they are
 
     # --- what subclasses provide -------------------------------------------------------
 
@@ -129,15 +142,13 @@ class ToolEnv(gym.Env[str, str]):
         super().reset(seed=seed)
         options = dict(options or {})
         episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**63))
-        task_ss, fault_ss, user_ss = np.random.SeedSequence(episode_seed).spawn(3)
-        if self.profile.pairing == "fresh":
-            # Independent faults per episode; the key is reported so a run can still be replayed.
-            fault_ss = np.random.SeedSequence(options.get("fault_entropy", int.from_bytes(os.urandom(8), "little")))
-        self._injector = FaultInjector(self.profile, stream_key(fault_ss), stream_key(user_ss))
+        task_ss = np.random.SeedSequence(episode_seed).spawn(1)[0]
+        entropy = self._fault_entropy(options.pop("fault_entropy", None))
+        self._injector = self._make_injector(episode_seed, entropy)
         task = self._new_task(np.random.default_rng(task_ss), options)
         for tool in self.tools.values():
             tool.reset(episode_seed)
-        self._state = EpisodeState(seed=episode_seed, task=task)
+        self._state = EpisodeState(seed=episode_seed, task=task, fault_entropy=[] if entropy is None else [entropy])
         system, user = self._system_prompt(), task.question
         prompt = f"{system}\n\n{user}"
         self._state.transcript += [("system", system), ("user", user)]
@@ -145,8 +156,8 @@ class ToolEnv(gym.Env[str, str]):
         info.update(task_id=task.task_id, tools=[tool_schema(t) for t in self.tools.values()],
                     messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                     episode_seed=episode_seed)
-        if self.profile.pairing == "fresh":
-            info["fault_entropy"] = fault_ss.entropy
+        if entropy is not None:
+            info["fault_entropy"] = entropy
         return prompt, info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -168,6 +179,7 @@ class ToolEnv(gym.Env[str, str]):
         responses: list[str] = []
         reward, terminated, truncated = 0.0, False, False
         extra: dict[str, Any] = {}
+        penalty = 0.0
 
         if len(action) > self.budgets.max_action_chars:
             notes.append(f"Error: the turn has {len(action)} characters; the limit is "
@@ -176,12 +188,15 @@ class ToolEnv(gym.Env[str, str]):
         else:
             turn = parse_turn(action)
             notes += [f"Format error: {p}." for p in turn.problems]
+            if s.canaries:
+                penalty = self._detect_obeyed(action, turn.calls, turn.answer, step_faults)
 
         if turn is not None and turn.answer is not None:
             if turn.calls:
                 notes.append("Note: tool calls in a turn that gives an <answer> are not executed.")
             reward, extra = self._score(s.task, turn.answer)
             s.success = reward >= 1.0
+            s.last_answer_clock_s, s.last_answer_turn = s.clock_s, s.turn
             terminated = True
         elif turn is not None and turn.calls:
             out_of_calls = self._run_calls(turn.calls, responses, step_calls, step_faults)
@@ -196,6 +211,7 @@ class ToolEnv(gym.Env[str, str]):
             extra.update(reason)
             step_faults += limit_faults
         s.done = terminated or truncated
+        s.truncation_reason = extra.get("truncation_reason")
         obs = "\n".join(responses + notes)
         if s.done and not terminated:
             obs = (obs + "\n" if obs else "") + f"Episode ended: {extra.get('abort_reason') or extra['truncation_reason']}."
@@ -203,7 +219,7 @@ class ToolEnv(gym.Env[str, str]):
         s.transcript.append(("tool", obs))
         info = self._info(tool_calls=step_calls, faults=step_faults)
         info.update(extra)
-        return obs, float(reward), terminated, truncated, info
+        return obs, float(reward) - penalty, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._state is None:
@@ -217,11 +233,24 @@ class ToolEnv(gym.Env[str, str]):
 
     # --- forking -------------------------------------------------------------------------
 
-    def fork(self) -> "ToolEnv":
-        """An independent env in exactly the current state (tools forked, state deep-copied)."""
+    def fork(self, fault_entropy: int | None = None) -> "ToolEnv":
+        """An independent env in exactly the current state (tools forked, state deep-copied).
+
+        Under ``pairing="shared"`` the fork keeps the fault key: its future faults are the
+        parent's. Under ``pairing="fresh"`` it draws a new key (``fault_entropy``, or fresh
+        OS entropy) for every call it makes from now on; the key is kept in its fault log.
+        """
         clone = copy.copy(self)
         clone._state = copy.deepcopy(self._state)
+        if self.profile.pairing == "fresh" and self._state is not None:
+            entropy = self._fault_entropy(fault_entropy)
+            clone._injector = clone._make_injector(clone._state.seed, entropy)
+            clone._state.fault_entropy.append(entropy)
+        elif fault_entropy is not None:
+            raise ValueError("fault_entropy is only used with pairing='fresh' (shared faults follow the seed)")
         clone.tools = {name: tool.fork() for name, tool in self.tools.items()}
+        if self.cassette is not None:
+            clone.cassette = self.cassette.on_fork()
         clone.observation_space = copy.deepcopy(self.observation_space)
         clone.action_space = copy.deepcopy(self.action_space)
         if self._np_random is not None:
@@ -237,9 +266,55 @@ class ToolEnv(gym.Env[str, str]):
         return self._state
 
     @property
-    def fault_log(self) -> list[dict[str, Any]]:
-        """Every fault injected so far this episode, in order."""
-        return list(self.state.fault_log)
+    def fault_log(self) -> FaultLog:
+        """Every fault injected so far this episode, in order, with the replay keys and the outcome."""
+        s = self.state
+        outcome = Outcome(done=s.done, success=s.success, truncation_reason=s.truncation_reason,
+                          last_call_faulted=s.last_call_faulted)
+        return FaultLog(events=tuple(s.fault_log), seed=s.seed, profile=self.profile.name, pairing=self.profile.pairing,
+                        fault_entropy=tuple(s.fault_entropy), outcome=outcome,
+                        infra_failure=infra_failure(self.profile.attribution, s.fault_log, outcome))
+
+    def _fault_entropy(self, given: int | None) -> int | None:
+        """The key of fresh faults: ``given`` (to replay a run) or fresh OS entropy; None under shared pairing."""
+        if self.profile.pairing != "fresh":
+            if given is not None:
+                raise ValueError("options['fault_entropy'] needs pairing='fresh'; shared faults follow the seed")
+            return None
+        if given is None:
+            return int(np.random.SeedSequence().entropy)
+        if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < 0:
+            raise ValueError(f"fault_entropy must be a non-negative int, got {given!r}")
+        return int(given)
+
+    def _make_injector(self, episode_seed: int, entropy: int | None) -> FaultInjector:
+        """Shared pairing keys faults by the seed alone; fresh pairing by (entropy, seed)."""
+        if entropy is None:
+            _, fault_ss, user_ss = np.random.SeedSequence(episode_seed).spawn(3)
+        else:
+            fault_ss, user_ss = np.random.SeedSequence([entropy, episode_seed]).spawn(2)
+        return FaultInjector(self.profile, stream_key(fault_ss), stream_key(user_ss))
+
+    def _check_fault_support(self) -> None:
+        """Refuse faults a tool cannot suffer (sandbox death of a tool that runs no sandbox of its own)."""
+        for tool in self.tools.values():
+            kinds = self.profile.for_tool(tool.name).error_kinds_possible
+            if getattr(tool, "handles_faults", False) and "sandbox_death" in kinds:
+                raise ValueError(f"tool {tool.name!r} talks to a service and has no sandbox to kill: remove "
+                                 f"'sandbox_death' from its error_kinds (e.g. tools: {{{tool.name}: {{error_kinds: ...}}}})")
+
+    def _detect_obeyed(self, action: str, calls: list[Any], answer: str | None,
+                       step_faults: list[dict[str, Any]]) -> float:
+        """Log every pending hostile instruction this turn acts on; return the reward penalty."""
+        s = self.state
+        obeyed = obeyed_canaries(s.canaries, action, calls, answer)
+        for canary in obeyed:
+            planted = s.canaries.pop(canary)
+            event = {"kind": "hostile_obeyed", "tool": planted["tool"], "call_index": planted["call_index"],
+                     "canary": canary, "template": planted["template"], "turn": s.turn}
+            step_faults.append(event)
+            s.fault_log.append(event)
+        return self.profile.hostile_penalty * len(obeyed)
 
     def _system_prompt(self) -> str:
         tools = "\n".join(json.dumps(tool_schema(t), ensure_ascii=False) for t in self.tools.values())
@@ -278,32 +353,35 @@ class ToolEnv(gym.Env[str, str]):
 
     def _call_tool(self, tool: Tool, arguments: dict[str, Any]) -> tuple[ToolOutput, dict[str, Any], list[dict[str, Any]]]:
         s = self.state
-        k = s.calls_by_tool.get(tool.name, 0)
-        s.calls_by_tool[tool.name] = k + 1
+        name = tool.name
+        k = s.calls_by_tool.get(name, 0)
+        s.calls_by_tool[name] = k + 1
         s.n_calls += 1
-        fault = self._injector.for_call(tool.name, k)
-        faults: list[dict[str, Any]] = []
-        if fault.error is not None and getattr(tool, "handles_faults", False):
-            out = tool.call(arguments, timeout_s=self.budgets.tool_timeout_s, fault=fault)
-            faults.append({"kind": fault.error, "tool": tool.name, "call_index": k})
-            s.error_faults += 1
-        elif fault.error is not None:
-            status, template = ERROR_KINDS[fault.error]
-            timeout_s = self._injector.timeout_s(tool.name)
-            out = ToolOutput(status, template.format(timeout_s=timeout_s),
-                             clock_s=timeout_s if fault.error == "timeout" else 0.0)
-            faults.append({"kind": fault.error, "tool": tool.name, "call_index": k})
-            s.error_faults += 1
-        else:
-            out = tool.call(arguments, timeout_s=self.budgets.tool_timeout_s)
-        if fault.latency_s > 0:
-            faults.append({"kind": "latency", "tool": tool.name, "call_index": k, "latency_s": fault.latency_s})
-            if self.profile.real_time:
-                time.sleep(fault.latency_s)
-        latency = out.clock_s + fault.latency_s
+        fault = self._injector.for_call(name, k)
+        spec = self._injector.spec(name)
+        if spec.rate_limit is not None:
+            bucket = s.buckets.get(name)
+            if bucket is None:
+                bucket = s.buckets[name] = TokenBucket(spec.rate_limit)
+            admitted, retry_after = bucket.admit(s.clock_s)
+            if not admitted:
+                fault = CallFault("http_429", fault.latency_s, "rate_limit", retry_after, cold_start_s=fault.cold_start_s)
+        earlier = s.answers_by_tool.setdefault(name, [])
+        target = tool if self.cassette is None else self.cassette.bind(tool, k)
+        result = run_call(target, arguments, fault, k, spec.timeout_s, self.budgets.tool_timeout_s, earlier)
+        out, faults = result.output, result.events
+        if result.answer is not None:
+            earlier.append((k, result.answer.status, result.answer.content))
+        if self.profile.real_time and result.waited_s > 0:
+            time.sleep(result.waited_s)
+        latency = out.clock_s + result.waited_s
         s.clock_s += latency
+        s.last_call_faulted = any(e["kind"] not in _NOT_FAILURES for e in faults)
+        for event in faults:
+            if event["kind"] == "hostile":
+                s.canaries[event["canary"]] = event
         s.fault_log += faults
-        record = {"name": tool.name, "args": arguments, "status": out.status, "latency_s": latency, "call_index": k}
+        record = {"name": name, "args": arguments, "status": out.status, "latency_s": latency, "call_index": k}
         return out, record, faults
 
     def _check_limits(self) -> tuple[bool, dict[str, Any], list[dict[str, Any]]]:
@@ -313,16 +391,20 @@ class ToolEnv(gym.Env[str, str]):
             return True, {"truncation_reason": "max_turns"}, []
         if s.clock_s >= b.time_budget_s:
             return True, {"truncation_reason": "time_budget"}, []
-        aborted, p = self._injector.user_aborts(s.turn, s.clock_s)
+        waited_s, turns = s.clock_s - s.last_answer_clock_s, s.turn - s.last_answer_turn
+        aborted, p = self._injector.user_aborts(s.turn, waited_s, turns)
         if not aborted:
             return False, {}, []
-        fault = {"kind": "user_abort", "tool": None, "call_index": s.turn, "probability": p}
+        fault = {"kind": "user_abort", "tool": None, "call_index": s.turn, "probability": p, "waited_s": waited_s}
         s.fault_log.append(fault)
         return True, {"truncation_reason": "user_abort",
-                      "abort_reason": f"user gave up after {s.turn} turns and {s.clock_s:.1f} s without an answer"}, [fault]
+                      "abort_reason": f"user gave up after {turns} turns and {waited_s:.1f} s without an answer"}, [fault]
 
     def _info(self, tool_calls: list[dict[str, Any]], faults: list[dict[str, Any]]) -> dict[str, Any]:
         s = self.state
-        infra = s.done and not s.success and (s.error_faults > 0 or any(f["kind"] == "user_abort" for f in s.fault_log))
-        return {"task_id": s.task.task_id, "turn": s.turn, "tool_calls": tool_calls, "faults": faults,
-                "infra_failure": bool(infra), "elapsed_s": s.clock_s, "success": s.success}
+        info = {"task_id": s.task.task_id, "turn": s.turn, "tool_calls": tool_calls, "faults": faults,
+                "infra_failure": False, "elapsed_s": s.clock_s, "success": s.success}
+        if s.done:  # the trajectory's full fault log travels with its last step
+            log = self.fault_log
+            info["infra_failure"], info["fault_log"] = log.infra_failure, log
+        return info

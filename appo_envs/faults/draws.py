@@ -13,6 +13,7 @@ import struct
 import numpy as np
 
 _SCALE = 1.0 / 2**53
+_WORDS = [struct.Struct(f"<{n}Q") for n in range(9)]
 
 
 def stream_key(seed_seq: np.random.SeedSequence) -> bytes:
@@ -23,4 +24,20 @@ def stream_key(seed_seq: np.random.SeedSequence) -> bytes:
 def uniforms(key: bytes, stream: str, counter: int, n: int = 4) -> tuple[float, ...]:
     """``n`` (<= 8) independent uniforms in [0, 1) for draw ``counter`` of ``stream``."""
     digest = hashlib.blake2b(f"{stream}\x00{counter}".encode(), key=key, digest_size=8 * n).digest()
-    return tuple((w >> 11) * _SCALE for w in struct.unpack(f"<{n}Q", digest))
+    return tuple([(w >> 11) * _SCALE for w in _WORDS[n].unpack(digest)])
+
+
+class Draws:
+    """``uniforms`` for one key with the keyed hash state prepared once (half the cost per draw)."""
+
+    __slots__ = ("key", "_hashers")
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self._hashers = [hashlib.blake2b(key=key, digest_size=8 * n) if n else None for n in range(9)]
+
+    def uniforms(self, stream: str, counter: int, n: int = 4) -> tuple[float, ...]:
+        """Exactly ``uniforms(self.key, stream, counter, n)``."""
+        h = self._hashers[n].copy()
+        h.update(f"{stream}\x00{counter}".encode())
+        return tuple([(w >> 11) * _SCALE for w in _WORDS[n].unpack(h.digest())])

@@ -1,0 +1,149 @@
+"""Record/replay: exact replay with the tools unavailable, and fault overlays that change exactly the faulted calls."""
+import gymnasium as gym
+import pytest
+
+from appo_envs.cassette import Cassette, CassetteMiss, NotReplayable, content_hash
+from appo_envs.faults import FAULT_CATEGORIES
+from appo_envs.toolcalls import parse_tool_responses, render_answer, render_tool_call
+
+CODES = ["print(6 * 7)", "print('héllo ✓')", "import json; print(json.dumps({'a': [1, 2]}))", "print(6 * 7)",
+         "print(sum(range(10)))", "raise ValueError('nope')"]
+ACTIONS = ["".join(render_tool_call("python", {"code": c}) for c in CODES[i: i + 2]) for i in (0, 2, 4)]
+ACTIONS += [render_tool_call("python", {"code": "print(1)"}), render_answer("42")]
+OVERLAY = {"default": {"error_rate": 0.3, "error_kinds": ["exception", "timeout", "http_5xx"],
+                       "corruption_rate": 0.3, "corruption_kinds": ["truncated", "stale"],
+                       "hostile_rate": 0.2, "latency": {"kind": "lognormal", "median_s": 0.2, "p99_s": 2.0}}}
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    env = gym.make("appo/CodeExec-v0", faults="clean", budgets={"max_turns": 10})
+    cassette = Cassette()
+    observations = []
+
+    def policy(obs, info):
+        observations.append(obs)
+        return ACTIONS[len(observations) - 1]
+
+    cassette.record_episode(env, seed=7, actions=policy)
+    env.close()
+    return cassette, observations
+
+
+def unavailable_env(**kwargs):
+    """CodeExec whose sandbox backend does not exist: any real tool call would raise."""
+    return gym.make("appo/CodeExec-v0", sandbox="no-such-backend", budgets={"max_turns": 10}, **kwargs)
+
+
+def test_replay_is_exact_without_the_tools(recorded, tmp_path):
+    cassette, observations = recorded
+    tape = cassette.tapes[0]
+    assert len(tape.actions) == len(ACTIONS)
+    path = tmp_path / "episode.json"
+    cassette.save(path)
+    loaded = Cassette.load(path)
+    env = unavailable_env()
+    steps = loaded.replay_episode(env, 0)  # verifies every observation hash against the tape
+    assert [s.observation for s in steps[:-1]] == observations[1:]
+    assert steps[-1].terminated and steps[-1].reward == tape.rewards[-1]
+    # the env really has no working tools: a call that is not on the tape is refused, not executed
+    env.reset(seed=7)
+    with pytest.raises(CassetteMiss, match="not on the tape"):
+        env.step(render_tool_call("python", {"code": "print('never recorded')"}))
+    env.close()
+
+
+def test_blobs_are_content_addressed(recorded):
+    cassette, _ = recorded
+    tape = cassette.tapes[0]
+    assert len(tape.calls) == 7 and len(cassette.blobs) == 6  # "print(6 * 7)" twice: one blob
+    for digest, blob in cassette.blobs.items():
+        assert content_hash(blob) == digest
+
+
+def test_overlay_changes_exactly_the_calls_the_profile_faults(recorded):
+    cassette, _ = recorded
+    clean = cassette.replay_episode(unavailable_env(), 0)
+    env = unavailable_env()
+    faulted = cassette.replay_episode(env, 0, faults=OVERLAY)
+    injector = env.unwrapped._make_injector(7, None)
+    changed_expected, changed_seen = set(), set()
+    k = 0
+    for c, f in zip(clean, faulted):
+        for (name, s1, t1), (_, s2, t2) in zip(parse_tool_responses(c.observation), parse_tool_responses(f.observation)):
+            if (s1, t1) != (s2, t2):
+                changed_seen.add(k)
+            k += 1
+        for event in f.info["faults"]:
+            if FAULT_CATEGORIES[event["kind"]] in ("infra", "adversarial"):
+                changed_expected.add(event["call_index"])
+    decided = {k for k in range(k) if (lambda d: d.error or d.corruption or d.hostile)(injector.for_call("python", k))}
+    assert changed_seen == changed_expected
+    # Every decided fault shows up, except corruption that cannot apply (stale with nothing earlier, say).
+    assert changed_expected <= decided and len(changed_expected) >= 2
+    assert [s.reward for s in faulted][-1:] == [c.reward for c in clean][-1:] or faulted[-1].truncated
+    # Latency changes only the clock, never the text.
+    assert faulted[0].info["elapsed_s"] > clean[0].info["elapsed_s"]
+
+
+def test_overlay_of_the_same_profile_is_deterministic(recorded):
+    cassette, _ = recorded
+    a = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY)
+    b = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY)
+    assert [(s.observation, s.reward, s.info["faults"]) for s in a] == [(s.observation, s.reward, s.info["faults"]) for s in b]
+
+
+def test_faulted_recording_replays_exactly():
+    env = gym.make("appo/CodeExec-v0", faults=OVERLAY, budgets={"max_turns": 10})
+    cassette = Cassette()
+    cassette.record_episode(env, seed=3, actions=ACTIONS)
+    recorded_log = env.unwrapped.fault_log
+    env.close()
+    assert any(FAULT_CATEGORIES[e["kind"]] == "infra" for e in recorded_log)
+    replay_env = unavailable_env()
+    cassette.replay_episode(replay_env, 0)  # raises if any observation or reward differs
+    assert replay_env.unwrapped.fault_log == recorded_log
+
+
+def test_load_rejects_a_broken_cassette(recorded, tmp_path):
+    cassette, _ = recorded
+    path = tmp_path / "c.json"
+    cassette.save(path)
+    text = path.read_text().replace('"version": 1', '"version": 99')
+    path.write_text(text)
+    with pytest.raises(ValueError, match="version"):
+        Cassette.load(path)
+
+
+def test_envs_graded_on_service_state_refuse_replay_clearly():
+    env = gym.make("appo/API-v0", faults="clean")
+    cassette = Cassette()
+    cassette.record_episode(env, seed=1, actions=[render_answer("done")])
+    env.close()
+    with pytest.raises(NotReplayable, match=r"'api'\.open_session outside tool calls"):
+        cassette.replay_episode(gym.make("appo/API-v0"), 0)
+
+
+def test_search_episode_with_transport_faults_replays_exactly():
+    from appo_envs.agents import SCRIPTED_AGENTS
+
+    profile = {"default": {"error_rate": 0.4, "error_kinds": ["http_5xx", "http_429", "timeout"]}}
+    env = gym.make("appo/Search-v0", faults=profile)
+    agent = SCRIPTED_AGENTS["appo/Search-v0"]()
+    started = []
+
+    def policy(obs, info):
+        if not started:
+            agent.begin(env, obs, info)
+            started.append(True)
+        return agent.act(obs)
+
+    cassette = Cassette()
+    tape = cassette.record_episode(env, seed=2, actions=policy)
+    recorded_log = env.unwrapped.fault_log
+    env.close()
+    assert any(key.endswith(("/http_5xx", "/http_429", "/timeout")) for key in tape.calls)  # the transport's answers
+    replay_env = gym.make("appo/Search-v0")
+    cassette.replay_episode(replay_env, tape)
+    assert replay_env.unwrapped.fault_log == recorded_log
+    replay_env.close()
