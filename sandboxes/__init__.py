@@ -8,8 +8,15 @@ from sandboxes.isolation import IsolationReport, probe_isolation
 from sandboxes.limits import SandboxLimits
 from sandboxes.process import ProcessSandbox
 
-# Backend name -> factory taking the backend's keyword options; other backends register here.
-SANDBOX_BACKENDS: dict[str, Callable[..., Sandbox]] = {"process": ProcessSandbox}
+
+def _docker_sandbox(**kwargs: Any) -> Sandbox:
+    """The docker backend, imported on first use (it loads the docker SDK)."""
+    from sandboxes.docker_backend import DockerSandbox
+    return DockerSandbox(**kwargs)
+
+
+# Backend name -> factory taking the backend's keyword options.
+SANDBOX_BACKENDS: dict[str, Callable[..., Sandbox]] = {"process": ProcessSandbox, "docker": _docker_sandbox}
 
 
 def make_sandbox(backend: str = "process", **kwargs: Any) -> Sandbox:
