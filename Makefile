@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 
 install: $(STAMP)
 
+# A small robustness sweep (configs/demo_sweep.yaml) and its report: results/demo/report.html.
 demo: $(STAMP)
-	$(VENV)/bin/appo demo
+	$(VENV)/bin/appo sweep --config configs/demo_sweep.yaml --out results/demo --report
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

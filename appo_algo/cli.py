@@ -5,6 +5,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from appo_algo.sweep_cli import add_report_arguments, add_sweep_arguments, cmd_report, cmd_sweep
+from appo_algo.train_cli import add_train_arguments, add_warmstart_arguments, cmd_train, cmd_warmstart
+
 
 def cmd_envs(args: argparse.Namespace) -> int:
     from appo_envs import ENVIRONMENTS
@@ -33,6 +36,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "envs": (cmd_envs, "list the registered environments"),
     "demo": (cmd_demo, "evaluate the scripted agents under several fault profiles and print a table"),
+    "train": (cmd_train, "train a policy with APPO or a baseline (appo train --config cfg.yaml --set k=v)"),
+    "warmstart": (cmd_warmstart, "build and cache the warm-started tiny model, and report its success rate"),
+    "sweep": (cmd_sweep, "run a grid env x fault profile x intensity x selector x seed (local pool or Ray), resumable"),
+    "report": (cmd_report, "write report.html (self-contained) and report.md for a sweep results folder"),
 }
 
 
@@ -46,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--profiles", nargs="+", default=["clean", "flaky", "degraded"])
             p.add_argument("--episodes", type=int, default=40)
             p.add_argument("--seed", type=int, default=0)
+        elif name == "train":
+            add_train_arguments(p)
+        elif name == "warmstart":
+            add_warmstart_arguments(p)
+        elif name == "sweep":
+            add_sweep_arguments(p)
+        elif name == "report":
+            add_report_arguments(p)
     return parser
 
 
