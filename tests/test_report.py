@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ci_policy import skip_or_fail
 
 from appo_algo.report import FIGURES, headline, write_report
 from appo_algo.sweep import write_table
@@ -99,7 +100,7 @@ def test_empty_results_folder_is_an_error(tmp_path: Path):
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(results: Path):
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+        skip_or_fail("Chromium is not installed (apt-get install -y chromium)")
     html_path, _ = write_report(results)
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report.py"
     out = subprocess.run([sys.executable, str(script), str(html_path)], capture_output=True, text=True, timeout=300)
