@@ -1,8 +1,9 @@
-"""The ``appo`` command line: ``appo envs``, ``appo demo``."""
+"""The ``appo`` command line: one subcommand per entry of ``COMMANDS``."""
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from appo_algo.sweep_cli import add_report_arguments, add_sweep_arguments, cmd_report, cmd_sweep
@@ -16,6 +17,13 @@ def cmd_envs(args: argparse.Namespace) -> int:
     for env_id, (_, description) in ENVIRONMENTS.items():
         print(f"{env_id:<{width}}  {description}")
     return 0
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", action="append", help="env id (repeatable; default: every env with a scripted agent)")
+    p.add_argument("--profiles", nargs="+", default=["clean", "flaky", "degraded"])
+    p.add_argument("--episodes", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -33,41 +41,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "envs": (cmd_envs, "list the registered environments"),
-    "demo": (cmd_demo, "evaluate the scripted agents under several fault profiles and print a table"),
-    "train": (cmd_train, "train a policy with APPO or a baseline (appo train --config cfg.yaml --set k=v)"),
-    "warmstart": (cmd_warmstart, "build and cache the warm-started tiny model, and report its success rate"),
-    "sweep": (cmd_sweep, "run a grid env x fault profile x intensity x selector x seed (local pool or Ray), resumable"),
-    "report": (cmd_report, "write report.html (self-contained) and report.md for a sweep results folder"),
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: what it runs, its one-line help, and the arguments it takes."""
+
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+
+
+COMMANDS: dict[str, Command] = {
+    "envs": Command(cmd_envs, "list the registered environments"),
+    "demo": Command(cmd_demo, "evaluate the scripted agents under several fault profiles and print a table",
+                    add_demo_arguments),
+    "train": Command(cmd_train, "train a policy with APPO or a baseline (appo train --config cfg.yaml --set k=v)",
+                     add_train_arguments),
+    "warmstart": Command(cmd_warmstart, "build and cache the warm-started tiny model, and report its success rate",
+                         add_warmstart_arguments),
+    "sweep": Command(cmd_sweep, "run a grid env x fault profile x intensity x selector x seed (local pool or Ray), "
+                     "resumable", add_sweep_arguments),
+    "report": Command(cmd_report, "write report.html (self-contained) and report.md for a sweep results folder",
+                      add_report_arguments),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="appo", description="Fault-injecting tool environments and the APPO learner.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        if name == "demo":
-            p.add_argument("--env", action="append", help="env id (repeatable; default: every env with a scripted agent)")
-            p.add_argument("--profiles", nargs="+", default=["clean", "flaky", "degraded"])
-            p.add_argument("--episodes", type=int, default=40)
-            p.add_argument("--seed", type=int, default=0)
-        elif name == "train":
-            add_train_arguments(p)
-        elif name == "warmstart":
-            add_warmstart_arguments(p)
-        elif name == "sweep":
-            add_sweep_arguments(p)
-        elif name == "report":
-            add_report_arguments(p)
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command][0](args)
+        return COMMANDS[args.command].run(args)
     except ValueError as e:  # bad user input (unknown profile, env, ...): say what, not a traceback
         print(f"appo {args.command}: error: {e}", file=sys.stderr)
         return 2

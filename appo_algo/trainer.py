@@ -25,7 +25,7 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np

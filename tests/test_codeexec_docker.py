@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import appo_envs
 from appo_envs.agents import ScriptedCodeAgent, run_episode
 from appo_envs.toolcalls import render_answer, render_tool_call
+from env_contract import play
 from sandbox_backends import BACKENDS, docker_problem, namespace_members, pid_namespace, require
 
 UNICODE_PRINT = render_tool_call("python", {"code": "print('héllo ✓ 日本語 🚀', 6*7)"})
@@ -35,13 +36,6 @@ def make_env():
         env.close()
 
 
-def _play(env, actions, seed):
-    out = [env.reset(seed=seed)]
-    for a in actions:
-        out.append(env.step(a))
-    return out
-
-
 def _observations(transcript):
     return [step[0] for step in transcript]
 
@@ -60,9 +54,9 @@ def test_docker_runs_the_agents_code(make_env):
 
 def test_same_episode_on_both_backends_reads_the_same(make_env):
     """Same seed, same actions: identical observations, rewards and infos (tracebacks included)."""
-    on_process = _play(make_env(sandbox="process", faults="degraded"), ACTIONS, seed=11)
-    on_docker = _play(make_env(sandbox="docker", faults="degraded"), ACTIONS, seed=11)
-    again = _play(make_env(sandbox="docker", faults="degraded"), ACTIONS, seed=11)
+    on_process = play(make_env(sandbox="process", faults="degraded"), ACTIONS, seed=11)
+    on_docker = play(make_env(sandbox="docker", faults="degraded"), ACTIONS, seed=11)
+    again = play(make_env(sandbox="docker", faults="degraded"), ACTIONS, seed=11)
     assert on_docker == again
     assert _observations(on_docker) == _observations(on_process)
     assert any("ZeroDivisionError" in o for o in _observations(on_docker))

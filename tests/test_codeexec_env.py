@@ -2,35 +2,16 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
+from env_contract import fuzz_step, play
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import appo_envs
 from appo_envs.agents import ScriptedCodeAgent, run_episode
-from appo_envs.faults import PRESETS
 from appo_envs.toolcalls import render_answer, render_tool_call
 
+ENV_ID = "appo/CodeExec-v0"
 UNICODE_PRINT = render_tool_call("python", {"code": "print('héllo ✓ 日本語 🚀', 6*7)"})
-
-
-@pytest.fixture
-def make_env():
-    envs = []
-
-    def make(**kwargs):
-        env = gym.make("appo/CodeExec-v0", **kwargs)
-        envs.append(env)
-        return env
-
-    yield make
-    for env in envs:
-        env.close()
-
-
-@pytest.mark.parametrize("profile", sorted(PRESETS))
-def test_check_env_every_preset(make_env, profile):
-    check_env(make_env(faults=profile, render_mode="ansi").unwrapped)
 
 
 def test_make_with_module_prefix_and_reset_info(make_env):
@@ -65,21 +46,14 @@ def test_async_vector_env_with_non_ascii_observations():
         envs.close()
 
 
-def _play(env, actions, seed):
-    out = [env.reset(seed=seed)]
-    for a in actions:
-        out.append(env.step(a))
-    return out
-
-
 ACTIONS = [UNICODE_PRINT, "no tags here", render_tool_call("python", {"code": "import random; print(3)"}) * 2,
            '<tool_call>{"name": "nope"}</tool_call>', render_answer("7")]
 
 
 def test_same_seed_same_everything_different_seed_differs(make_env):
-    a = _play(make_env(faults="degraded"), ACTIONS, seed=11)
-    b = _play(make_env(faults="degraded"), ACTIONS, seed=11)
-    c = _play(make_env(faults="degraded"), ACTIONS, seed=12)
+    a = play(make_env(faults="degraded"), ACTIONS, seed=11)
+    b = play(make_env(faults="degraded"), ACTIONS, seed=11)
+    c = play(make_env(faults="degraded"), ACTIONS, seed=12)
     assert a == b
     assert a != c
 
@@ -108,21 +82,7 @@ def test_fork_mid_episode_has_identical_independent_future(make_env):
     st.builds(lambda s: "<answer>" + s, st.text(max_size=50)),
 ))
 def test_arbitrary_actions_never_raise(fuzz_env, action):
-    env = fuzz_env
-    obs, rew, term, trunc, info = env.step(action)
-    assert env.observation_space.contains(obs)
-    assert isinstance(rew, float)
-    if term or trunc:
-        env.reset()
-
-
-@pytest.fixture(scope="module")
-def fuzz_env():
-    env = gym.make("appo/CodeExec-v0", faults="chaos" if "chaos" in PRESETS else "degraded",
-                   budgets={"max_turns": 50}).unwrapped
-    env.reset(seed=0)
-    yield env
-    env.close()
+    fuzz_step(fuzz_env, action)
 
 
 def test_huge_and_non_string_actions(make_env):

@@ -2,37 +2,17 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
+from env_contract import fuzz_step, play
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import appo_envs
 from appo_envs.agents import ScriptedSearchAgent, run_episode
-from appo_envs.faults import PRESETS
 from appo_envs.tasks.search import exact_match, f1_score, generate_search_task, normalize_answer
 from appo_envs.toolcalls import parse_tool_responses, render_answer, render_tool_call
 from sandboxes.corpus import SCHEMA, load_corpus
 
 ENV_ID = "appo/Search-v0"
-
-
-@pytest.fixture
-def make_env():
-    envs = []
-
-    def make(**kwargs):
-        env = gym.make(ENV_ID, **kwargs)
-        envs.append(env)
-        return env
-
-    yield make
-    for env in envs:
-        env.close()
-
-
-@pytest.mark.parametrize("profile", sorted(PRESETS))
-def test_check_env_every_preset(make_env, profile):
-    check_env(make_env(faults=profile, render_mode="ansi").unwrapped)
 
 
 def test_reset_info_and_bad_arguments(make_env):
@@ -101,22 +81,15 @@ def test_injected_faults_are_real_http_behaviour(make_env, kind, seen):
     assert info["tool_calls"][0]["status"] in ("error", "timeout")
 
 
-def _play(env, actions, seed):
-    out = [env.reset(seed=seed)]
-    for a in actions:
-        out.append(env.step(a))
-    return out
-
-
 ACTIONS = [render_tool_call("search", {"query": "Kettle"}), "no tags here",
            render_tool_call("search", {"query": "日本語 🚀"}) * 2, '<tool_call>{"name": "nope"}</tool_call>',
            render_answer("7")]
 
 
 def test_same_seed_same_everything_different_seed_differs(make_env):
-    a = _play(make_env(faults="chaos"), ACTIONS, seed=11)
-    b = _play(make_env(faults="chaos"), ACTIONS, seed=11)
-    c = _play(make_env(faults="chaos"), ACTIONS, seed=12)
+    a = play(make_env(faults="chaos"), ACTIONS, seed=11)
+    b = play(make_env(faults="chaos"), ACTIONS, seed=11)
+    c = play(make_env(faults="chaos"), ACTIONS, seed=12)
     assert a == b
     assert a != c
 
@@ -134,19 +107,6 @@ def test_fork_mid_episode_has_identical_independent_future(make_env):
     child.close()
 
 
-FUZZ_FAULTS = {"base": "chaos", "patience": {"base_hazard": 0.0, "per_second": 0.0, "per_turn": 0.0}}
-FUZZ_BUDGETS = {"max_turns": 500, "max_tool_calls": 500, "time_budget_s": 1e6}
-
-
-@pytest.fixture(scope="module")
-def fuzz_env():
-    # Every fault kind, but a patient user and roomy budgets, so that most steps act rather than reset.
-    env = gym.make(ENV_ID, faults=FUZZ_FAULTS, budgets=FUZZ_BUDGETS).unwrapped
-    env.reset(seed=0)
-    yield env
-    env.close()
-
-
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(
     st.text(max_size=300),
@@ -159,11 +119,7 @@ def fuzz_env():
     st.builds(lambda s: "<answer>" + s, st.text(max_size=50)),
 ))
 def test_arbitrary_actions_never_raise(fuzz_env, action):
-    obs, rew, term, trunc, info = fuzz_env.step(action)
-    assert fuzz_env.observation_space.contains(obs)
-    assert isinstance(rew, float)
-    if term or trunc:
-        fuzz_env.reset()
+    fuzz_step(fuzz_env, action)
 
 
 def test_scripted_agent_clean_and_degraded(make_env):
