@@ -9,7 +9,10 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Override the hooks you need; ``on_step`` returning False stops training after that step."""
+    """Override the hooks you need; ``on_step`` returning False stops training after that step.
+
+    ``on_step`` runs before the step's metrics are logged: keys a callback adds to ``metrics`` are logged too.
+    """
 
     def on_training_start(self, trainer: "APPOTrainer") -> None: ...
 

@@ -5,15 +5,22 @@ import argparse
 import json
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of TrainConfig fields (default: built-in APPO defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set selector=entropy --set branch.clip=[0.8,1.2] (repeatable)")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
     p.add_argument("--resume", metavar="DIR", help="continue the run whose log_dir is DIR (its config.yaml + --set)")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="log the Branching-Score diagnostics every step (overhead/ loc/ stab/; costs a clean replay "
+                        "of each step's rollouts and two scoring passes)")
 
 
 def add_warmstart_arguments(p: argparse.ArgumentParser) -> None:
-    add_train_arguments(p)
+    add_config_arguments(p)
     p.add_argument("--eval-episodes", type=int, default=64, help="episodes to measure the warm-start success rate (0: skip)")
 
 
@@ -28,8 +35,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         trainer = APPOTrainer(TrainConfig.load(args.config, args.overrides))
     print(json.dumps({"policy": trainer.policy.describe(), "log_dir": str(trainer.log_dir)}))
+    callback = None
+    if args.diagnostics:
+        from appo_algo.diagnostics import DiagnosticsCallback
+        callback = DiagnosticsCallback()
     try:
-        trainer.learn()
+        trainer.learn(callback=callback)
     finally:
         trainer.close()
     return 0

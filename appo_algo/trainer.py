@@ -149,13 +149,14 @@ class APPOTrainer:
         try:
             while self.step < total:
                 metrics = self.train_step(cb)
+                keep_going = cb.on_step(self, metrics)  # callbacks may add metrics (diagnostics): log after them
                 self.logger.log(self.step, metrics)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}")
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == total:
                     self.save()
-                if not cb.on_step(self, metrics):
+                if not keep_going:
                     self.save()
                     break
         finally:

@@ -174,3 +174,16 @@ def test_cli_train_resume_and_warmstart(tmp_path, capsys):
     assert main(["warmstart", "--config", str(tmp_path / "cfg.yaml"), "--eval-episodes", "2"]) == 0
     assert '"warmstart_eval"' in capsys.readouterr().out
     assert main(["train", "--set", "selector=nope"]) == 2  # bad input: a message, not a traceback
+
+
+def test_cli_train_diagnostics_are_logged_with_the_metrics(tmp_path):
+    from appo_algo.cli import main
+
+    cfg = config(tmp_path, "diag", steps=1, tensorboard=False, faults="flaky")
+    cfg.save(tmp_path / "cfg.yaml")
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--diagnostics"]) == 0
+    (row,) = rows(tmp_path / "diag")
+    assert row["overhead/extra_forward_passes"] == 0.0 and 0.0 <= row["overhead/bs_frac"] < 1.0
+    assert {"loc/after_tool", "stab/omega_degenerate_frac", "stab/rescore_pairs", "stab/fault_pairs",
+            "diag/seconds"} <= set(row)
+    assert_finite([{k: v for k, v in row.items() if not k.startswith("stab/")}])

@@ -1,6 +1,7 @@
 """``DiagnosticsCallback``: the stress-lab diagnostics logged every training step, as a trainer callback.
 
-Per step it adds (to ``rows``, one dict per step, alongside the trainer's own metrics):
+Per step it adds to the step's metrics (so the trainer logs them) and to ``rows`` (one dict per
+step, with the trainer's own metrics):
 
 - ``overhead/``: BS scoring + selection wall time as a share of the step (diagnostic work
   excluded from the step), analytic FLOPs of scoring and selection vs the model's, forward
@@ -116,7 +117,7 @@ class DiagnosticsCallback(Callback):
 
     def on_step(self, trainer: "APPOTrainer", metrics: dict[str, float]) -> bool:
         t0 = time.perf_counter()
-        row: dict[str, float] = {"step": float(trainer.step), **metrics}
+        row: dict[str, float] = {}
         cfg = trainer.branch_cfg
         views_end = self._views(trainer, self._initial, self._logps[-1])
         row.update(self._locations(trainer))
@@ -134,7 +135,8 @@ class DiagnosticsCallback(Callback):
         if self.oracle is not None and self.oracle["step"] == trainer.step - 1:
             row.update(self.oracle["metrics"])
         row["diag/seconds"] = self._diag_s + (time.perf_counter() - t0)
-        self.rows.append(row)
+        metrics.update(row)  # the trainer logs them with its own metrics
+        self.rows.append({"step": float(trainer.step), **metrics})
         return True
 
     # --- pieces ---------------------------------------------------------------------------------
