@@ -335,6 +335,14 @@ _CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222
         "img{max-width:100%;border:1px solid #eee}.note{color:#a33}")
 
 
+def summary_tables(rows: Sequence[Row]) -> str:
+    """The headline numbers and the scripted-agent table as Markdown (what ``appo sweep --report`` prints)."""
+    heads = [["measure", "value"], *[[k, v] for k, v in headline(rows)]]
+    text = _md_table(heads)
+    scripted = scripted_table(rows)
+    return text + ("\n\n" + _md_table(scripted) if len(scripted) > 1 else "")
+
+
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/*.png``) into ``out_dir``."""
     results_dir = Path(results_dir)

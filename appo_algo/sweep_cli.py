@@ -43,8 +43,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report(results_dir: Path) -> int:
-    from appo_algo.report import write_report
+    from appo_algo.report import summary_tables, write_report
+    from appo_algo.sweep import read_table
 
     html_path, md_path = write_report(results_dir)
-    print(f"report: {html_path}\nsummary: {md_path}")
+    print(summary_tables(read_table(results_dir)))
+    print(f"\nreport: {html_path}\nsummary: {md_path}")
     return 0
