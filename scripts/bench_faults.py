@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appo_envs.faults import PRESETS  # noqa: E402
 from appo_envs.toolcalls import render_tool_call  # noqa: E402
-from tests.conftest import EchoEnv  # noqa: E402
+from appo_envs.testing import EchoEnv  # noqa: E402
 
 CALLS_PER_TURN = 4
 TARGET_US = 20.0

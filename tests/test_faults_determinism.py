@@ -14,7 +14,7 @@ from appo_envs.faults import FaultInjector
 from appo_envs.faults.draws import stream_key
 from appo_envs.registration import ENVIRONMENTS
 from appo_envs.toolcalls import render_answer, render_tool_call
-from conftest import EchoEnv
+from appo_envs.testing import EchoEnv
 
 BUDGETS = {"max_turns": 12, "max_tool_calls": 60, "time_budget_s": 1e6}
 CALL = render_tool_call("echo", {"text": json.dumps({"results": [{"id": 1, "text": "lorem"}]})})
@@ -38,7 +38,7 @@ def test_same_fault_log_in_another_process():
     env = EchoEnv(faults="chaos", budgets=BUDGETS)
     _, digest = play(env, seed=21)
     script = (f"import sys; sys.path[:0] = [{str(TESTS_DIR)!r}, {str(TESTS_DIR.parent)!r}]\n"
-              "from test_faults_determinism import play, BUDGETS; from conftest import EchoEnv\n"
+              "from test_faults_determinism import play, BUDGETS; from appo_envs.testing import EchoEnv\n"
               "print(play(EchoEnv(faults='chaos', budgets=BUDGETS), seed=21)[1])")
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                            env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"})

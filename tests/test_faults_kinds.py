@@ -15,7 +15,7 @@ from appo_envs.core import Task, ToolEnv
 from appo_envs.faults import FaultLog, FaultProfile, GilbertElliott, Patience, RateLimit, ToolFaults
 from appo_envs.toolcalls import render_answer, render_tool_call, render_tool_response
 from appo_envs.tools import ToolOutput
-from conftest import EchoTool
+from appo_envs.testing import EchoTool
 
 BODY = json.dumps({"results": [{"doc_id": 1, "title": "Oslo", "text": "Capital of Norway."},
                                {"doc_id": 2, "title": "Bergen", "text": "City on the west coast."}]})
