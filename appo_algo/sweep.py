@@ -48,7 +48,8 @@ class SweepSpec:
     diagnostics: ``DiagnosticsConfig`` fields; ``oracle_step`` defaults to the last step.
     oracle_selectors: train cells of these selectors run the oracle (it scores every criterion
                  whatever the cell's selector, so one selector's cells suffice); null: all.
-    scripted:    ``episodes`` per scripted cell.
+    scripted:    ``episodes`` per scripted cell; ``envs``: env ids of the scripted cells
+                 (default: the grid's), e.g. every env while training runs on a few.
     resources:   what one cell needs (Ray: ``num_cpus``, ``num_gpus``).
     workers:     local pool size (default: CPU count).
     """
@@ -73,6 +74,9 @@ class SweepSpec:
         bad = [k for k in self.kinds if k not in CELL_RUNNERS]
         if bad or not self.kinds:
             raise ValueError(f"sweep kinds {bad or self.kinds} unknown; choose from {sorted(CELL_RUNNERS)}")
+        unknown_scripted = set(self.scripted) - {"episodes", "envs"}
+        if unknown_scripted:
+            raise ValueError(f"unknown scripted key(s) {sorted(unknown_scripted)}; allowed: ['envs', 'episodes']")
         for key in ("num_cpus", "num_gpus"):
             self.resources.setdefault(key, 1 if key == "num_cpus" else 0)
 
@@ -123,8 +127,9 @@ def _train_cells(spec: SweepSpec) -> list[Cell]:
 
 def _scripted_cells(spec: SweepSpec) -> list[Cell]:
     g = spec.grid
+    envs = spec.scripted.get("envs") or g["env"]
     return [Cell("scripted", e, p, i, "scripted", s) for e, p, i, s in
-            itertools.product(g["env"], g["profile"], g["intensity"], g["seed"])]
+            itertools.product(envs, g["profile"], g["intensity"], g["seed"])]
 
 
 def cells_of(spec: SweepSpec) -> list[Cell]:
@@ -378,9 +383,10 @@ def _check_same_spec(spec: SweepSpec, results_dir: Path) -> None:
 def _check_envs(spec: SweepSpec) -> None:
     from appo_envs import ENVIRONMENTS
 
-    unknown = [e for e in spec.grid["env"] if e not in ENVIRONMENTS]
+    named = [*spec.grid["env"], *(spec.scripted.get("envs") or [])]
+    unknown = [e for e in named if e not in ENVIRONMENTS]
     if unknown:
-        raise ValueError(f"sweep grid names unregistered env(s) {unknown}; registered: {sorted(ENVIRONMENTS)}")
+        raise ValueError(f"sweep names unregistered env(s) {unknown}; registered: {sorted(ENVIRONMENTS)}")
 
 
 def cells_table(cells: Iterable[Cell]) -> str:

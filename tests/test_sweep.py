@@ -28,6 +28,8 @@ def test_grid_expansion_and_cell_ids():
     assert len(scripted) == 1 * 2 * 1 * 2  # the selector axis does not apply to the scripted agent
     assert len({c.id for c in cells}) == len(cells)
     assert train[0].id == "train-CodeExec-v0-clean-idefault-appo-s0"
+    spec.scripted["envs"] = ["appo/CodeExec-v0", "appo/API-v0"]  # scripted cells may cover more envs
+    assert {c.env for c in cells_of(spec) if c.kind == "scripted"} == {"appo/CodeExec-v0", "appo/API-v0"}
 
 
 @pytest.mark.parametrize("data, message", [
@@ -35,6 +37,7 @@ def test_grid_expansion_and_cell_ids():
     ({"grid": {**GRID, "colour": [1]}}, "unknown"),
     ({"grid": GRID, "kinds": ["nope"]}, "choose from"),
     ({"grid": GRID, "typo": 1}, "unknown sweep key"),
+    ({"grid": GRID, "scripted": {"episode": 3}}, "unknown scripted key"),
 ])
 def test_bad_specs_say_what_is_wrong(data, message):
     with pytest.raises(ValueError, match=message):
