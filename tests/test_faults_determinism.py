@@ -84,6 +84,29 @@ def test_fork_sees_the_parents_future_faults():
     assert env.fault_log == child.fault_log and len(env.fault_log) > 0
 
 
+def test_forks_stepping_in_threads_see_the_same_faults_as_one_env_alone():
+    # The rollout engine steps sibling forks concurrently; they share one injector under shared pairing.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appo_envs.faults import resolve_profile
+
+    def injector():
+        return FaultInjector(resolve_profile("chaos"), stream_key(np.random.SeedSequence(5)), b"u" * 16)
+
+    alone = injector()
+    expected = [alone.for_call("echo", k) for k in range(400)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so a race shows up
+    try:
+        for _ in range(20):
+            shared = injector()
+            with ThreadPoolExecutor(8) as pool:  # every thread walks the chain from call 0, as forks do
+                seen = list(pool.map(lambda _: [shared.for_call("echo", k) for k in range(400)], range(8)))
+            assert all(s == expected for s in seen)
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_group_members_share_faults_and_fresh_pairing_draws_its_own():
     a, b = EchoEnv(faults="chaos", budgets=BUDGETS), EchoEnv(faults="chaos", budgets=BUDGETS)
     assert play(a, 3) == play(b, 3)

@@ -10,6 +10,7 @@ episode state (see :class:`appo_envs.faults.errors.TokenBucket`).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from appo_envs.faults.draws import Draws
@@ -48,7 +49,8 @@ def _pick(weights: dict[str, float], u: float) -> str:
 
 
 class FaultInjector:
-    """Pure fault decisions for one episode; forks may share it (its memo holds only pure values)."""
+    """Pure fault decisions for one episode; forks may share it, also across threads (its memo holds
+    only pure values, and is filled under a lock so concurrent forks cannot append a call twice)."""
 
     def __init__(self, profile: FaultProfile, key: bytes, user_key: bytes):
         self.profile = profile
@@ -60,6 +62,7 @@ class FaultInjector:
         self._patience_active = self._patience.active
         # tool -> per call: (CallFault, Gilbert–Elliott state, normal score of the latency chain)
         self._memo: dict[str, list[tuple[CallFault, bool, float]]] = {}
+        self._memo_lock = threading.Lock()
 
     def spec(self, tool: str) -> ToolFaults:
         """The effective (intensity-scaled) faults of ``tool``."""
@@ -70,10 +73,14 @@ class FaultInjector:
 
     def for_call(self, tool: str, k: int) -> CallFault:
         """The fault of call ``k`` (0-based) of ``tool``."""
-        memo = self._memo.setdefault(tool, [])
-        while len(memo) <= k:
-            memo.append(self._decide(tool, len(memo), memo[-1] if memo else None))
-        return memo[k][0]
+        memo = self._memo.get(tool)
+        if memo is not None and k < len(memo):
+            return memo[k][0]
+        with self._memo_lock:  # each call's fault depends on the previous one: extend the chain in one thread
+            memo = self._memo.setdefault(tool, [])
+            while len(memo) <= k:
+                memo.append(self._decide(tool, len(memo), memo[-1] if memo else None))
+            return memo[k][0]
 
     def _decide(self, tool: str, k: int, prev: tuple[CallFault, bool, float] | None) -> tuple[CallFault, bool, float]:
         spec = self.spec(tool)
