@@ -85,8 +85,10 @@ def _stop(proc: subprocess.Popen) -> None:
 def _only_child(pid: int) -> int:
     """The bootstrap's one child: the worker, as the host sees it."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
-        (child,) = (int(p) for p in f.read().split())
-    return child
+        children = [int(p) for p in f.read().split()]
+    if len(children) != 1:
+        raise SandboxError(f"sandbox bootstrap (pid {pid}) has {len(children)} children, expected its worker alone")
+    return children[0]
 
 
 class ProcessSandbox(WarmSandbox):
@@ -151,5 +153,9 @@ class ProcessSandbox(WarmSandbox):
         finally:
             if stage is not None:
                 os.rmdir(stage)  # only the worker's namespace still has a mount there
-        conn.host_pid = _only_child(proc.pid) if report.unshare_flags else proc.pid
+        try:
+            conn.host_pid = _only_child(proc.pid) if report.unshare_flags else proc.pid
+        except BaseException:
+            conn.kill()
+            raise
         return conn

@@ -79,7 +79,7 @@ class WorkerConnection:
         """Wait for the worker's ready message; SandboxError (worker killed) if it failed to set up."""
         try:
             header, _ = self._read_message(time.monotonic() + timeout_s)
-        except (WorkerGone, TimeoutError) as exc:
+        except (WorkerGone, TimeoutError, ValueError) as exc:  # ValueError: a garbled frame
             self.kill()
             raise SandboxError(f"sandbox worker {self.name} did not start "
                                f"({type(exc).__name__}: {exc or 'no answer'})") from None
