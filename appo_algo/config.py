@@ -20,6 +20,7 @@ from appo_algo.branching import BRANCH_SELECTORS, BranchConfig
 from appo_algo.losses import LOSSES, LossConfig
 
 OMEGA_READINGS = ("paper", "code")
+TRAIN_ROWS = ("initial", "all")
 SCHEDULES = ("minibatch", "pre_update")
 
 
@@ -37,8 +38,12 @@ class TrainConfig:
     schedule: "minibatch" (paper: mini-batch j is branched with π_θ after mini-batches < j)
     or "pre_update" (all branches sampled before any update, Ω ≡ 1 everywhere).
     omega_reading: "paper" (Ω from π_θ vs π_old; exactly 1 while the weights equal the
-    sampler's) or "code" (Ω from the trainer's recomputed log-probs vs the sampler's, even
-    for equal weights: numerical noise only).
+    sampler's) or "code" (released code: Ω from the trainer's log-probs recomputed under the
+    sampler's weights vs the sampler's own, γ = 1, so ``branch.gamma`` must be 1; numerical
+    noise only in a single-engine setup; one extra no-grad forward pass per mini-batch).
+    train_rows: "initial" (APPO: the loss sees the initial rollouts; branches only give
+    rewards) or "all" (ARPO: branches are trained rows too, with GRPO advantages over every
+    rollout of the prompt; needs ``advantage="grpo"``).
     mask_infra_failures: episodes whose failure the env blames on an injected fault
     (``info["infra_failure"]``) are left out of group statistics and of the loss.
     """
@@ -61,6 +66,7 @@ class TrainConfig:
     ppo: LossConfig = field(default_factory=LossConfig)
     schedule: str = "minibatch"
     omega_reading: str = "paper"
+    train_rows: str = "initial"
     prompts_per_step: int = 4
     rollouts_per_prompt: int = 4
     minibatches: int = 2
@@ -89,6 +95,14 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.omega_reading not in OMEGA_READINGS:
             raise ValueError(f"omega_reading must be one of {OMEGA_READINGS}, got {self.omega_reading!r}")
+        if self.omega_reading == "code" and self.branch.gamma != 1.0:
+            raise ValueError(f"omega_reading='code' is the released code's reading, with γ = 1: set branch.gamma=1 "
+                             f"(got {self.branch.gamma})")
+        if self.train_rows not in TRAIN_ROWS:
+            raise ValueError(f"train_rows must be one of {TRAIN_ROWS}, got {self.train_rows!r}")
+        if self.train_rows == "all" and self.advantage != "grpo":
+            raise ValueError(f"train_rows='all' trains branches as rows of one group per prompt: use advantage='grpo' "
+                             f"(got {self.advantage!r}, which reads branches as a separate group)")
         for name in ("prompts_per_step", "rollouts_per_prompt", "minibatches", "steps", "max_turn_tokens",
                      "max_episode_tokens", "env_workers"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
@@ -107,8 +121,13 @@ class TrainConfig:
 
     @property
     def group_size_m(self) -> int:
-        """M: rollouts per prompt including branches (the paper's loss normaliser)."""
-        return self.rollouts_per_prompt * (1 + (self.branch.branches_per_rollout if self.branches else 0))
+        """M: rollouts per prompt including branches (the paper's loss normaliser): N + the branch budget,
+        which is ``branch.budget_per_prompt`` when set and N·B otherwise."""
+        n = self.rollouts_per_prompt
+        if not self.branches:
+            return n
+        budget = self.branch.budget_per_prompt
+        return n + (n * self.branch.branches_per_rollout if budget is None else budget)
 
     # --- (de)serialisation -------------------------------------------------------------------
 
@@ -174,7 +193,7 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}.{name}")
         elif isinstance(value, list) and _is_tuple_hint(hint):
-            kwargs[name] = tuple(value) if isinstance(value, list) else value
+            kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)

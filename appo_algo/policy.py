@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from appo_algo.scoring import entropy_of
+
 _SENTINEL = "\u241eAPPO_TURN_SENTINEL\u241e"
 # Tokens that end an assistant turn in common chat formats (besides the tokenizer's EOS).
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
@@ -165,20 +167,22 @@ class Policy:
     # --- forward passes -------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                cache: Any = None, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
-        """One model call (autocast applied) that appends to ``cache`` in place; returns the logits."""
+                cache: Any = None, logits_to_keep: int | torch.Tensor = 0, model: Any = None) -> torch.Tensor:
+        """One call of the policy's model, or of ``model`` (a frozen reference copy), with autocast applied;
+        appends to ``cache`` in place; returns the logits."""
         kwargs = {self._cache_kwarg: cache} if cache is not None else {}
         with self.autocast():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            out = (model or self.model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=cache is not None, logits_to_keep=logits_to_keep, **kwargs)
         return out.logits
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
-                       chunk: int = 4) -> torch.Tensor:
-        """log π(ids[t] | ids[<t]) at temperature τ for t >= 1, shape [B, T-1] (differentiable)."""
+                       chunk: int = 4, model: Any = None) -> torch.Tensor:
+        """log π(ids[t] | ids[<t]) at temperature τ for t >= 1, shape [B, T-1] (differentiable); π is the
+        policy's model or ``model``."""
         mask = attention_mask.long()
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = self.forward(input_ids, mask, position_ids)[:, :-1]
+        logits = self.forward(input_ids, mask, position_ids, model=model)[:, :-1]
         targets = input_ids[:, 1:]
         rows = [log_softmax_gather(logits[i:i + chunk], targets[i:i + chunk], temperature)
                 for i in range(0, logits.shape[0], chunk)]
@@ -194,12 +198,9 @@ def log_softmax_gather(logits: torch.Tensor, ids: torch.Tensor, temperature: flo
 def sampling_stats(logits: torch.Tensor, temperature: float, generator: torch.Generator | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one id per row from softmax(logits/τ); return (ids, log-probs, full-vocabulary entropies)."""
-    z = logits.float() / temperature
-    logp = F.log_softmax(z, -1)
-    p = logp.exp()
-    ids = torch.multinomial(p, 1, generator=generator).squeeze(-1)
-    entropy = -torch.special.xlogy(p, p).sum(-1)
-    return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1), entropy
+    logp = F.log_softmax(logits.float() / temperature, -1)
+    ids = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1), entropy_of(logp)
 
 
 @contextlib.contextmanager

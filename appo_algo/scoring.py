@@ -20,7 +20,11 @@ def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Full-vocabulary entropy −Σ p log p of softmax(logits/τ) over the last dim (not a top-k truncation)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (got {temperature}); greedy decoding has no entropy to score")
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return entropy_of(torch.log_softmax(logits.float() / temperature, dim=-1))
+
+
+def entropy_of(logp: Tensor) -> Tensor:
+    """−Σ p log p over the last dim, from log-probabilities (the sampler passes the ones it samples from)."""
     p = logp.exp()
     # Vocabulary entries masked to -inf have p = 0 and contribute 0 (not 0 * -inf = NaN).
     return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1)

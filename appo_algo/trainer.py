@@ -37,6 +37,7 @@ from appo_algo.branching import BRANCH_SELECTORS, BranchPlan, RolloutView
 from appo_algo.callbacks import Callback, as_callback
 from appo_algo.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from appo_algo.config import TrainConfig
+from appo_algo.diagnostics.overhead import count_forward_calls
 from appo_algo.losses import LOSSES
 from appo_algo.metrics_log import MetricLogger
 from appo_algo.policy import Policy, eval_mode, set_cpu_threads
@@ -59,6 +60,24 @@ class PackedBatch:
     logp_old: torch.Tensor
     entropy: torch.Tensor
     lengths: torch.Tensor
+
+
+def _pad_cat(tensors: Sequence[torch.Tensor], value: float | bool) -> torch.Tensor:
+    """Stack [R_i, T_i] row blocks into one [ΣR, max T] tensor, right-padding with ``value``."""
+    width = max(t.shape[1] for t in tensors)
+    out = tensors[0].new_full((sum(t.shape[0] for t in tensors), width), value)
+    row = 0
+    for t in tensors:
+        out[row:row + t.shape[0], :t.shape[1]] = t
+        row += t.shape[0]
+    return out
+
+
+def concat_batches(a: PackedBatch, b: PackedBatch, pad_id: int) -> PackedBatch:
+    """The rows of ``a`` then those of ``b``, padded to one width."""
+    return PackedBatch(_pad_cat([a.ids, b.ids], pad_id), _pad_cat([a.attn, b.attn], 0),
+                       _pad_cat([a.mask, b.mask], False), _pad_cat([a.logp_old, b.logp_old], 0.0),
+                       _pad_cat([a.entropy, b.entropy], 0.0), torch.cat([a.lengths, b.lengths]))
 
 
 def pack_episodes(episodes: Sequence[Episode], pad_id: int, device: torch.device) -> PackedBatch:
@@ -199,9 +218,12 @@ class APPOTrainer:
         branches: list[list[Episode]] = [[] for _ in chunks]
         branch_metrics: list[dict[str, float]] = []
         times = Counter()
+        same_weights = self._same_weights_logps(minibatches, times) if cfg.branches and cfg.omega_reading == "code" \
+            else None
         if cfg.branches and cfg.schedule == "pre_update":
             for j, eps in enumerate(minibatches):
-                branches[j], m = self._branch(eps, None, j, gen, rng, times, cb)
+                branches[j], m = self._branch(eps, None if same_weights is None else same_weights[j], j, gen, rng,
+                                              times, cb)
                 branch_metrics.append(m)
         update_metrics = []
         for j, eps in enumerate(minibatches):
@@ -210,8 +232,11 @@ class APPOTrainer:
             logp_new = self._logp_full(batch)
             times["update"] += time.perf_counter() - t0
             if cfg.branches and cfg.schedule == "minibatch":
-                # Before the step's first update π_θ is π_old exactly: under the paper's reading Ω ≡ 1 there.
-                omega_logp = batch.logp_old if (j == 0 and cfg.omega_reading == "paper") else logp_new
+                # Paper: π_θ after mini-batches < j (before the step's first update π_θ is π_old exactly: Ω ≡ 1).
+                if same_weights is not None:
+                    omega_logp = same_weights[j]
+                else:
+                    omega_logp = batch.logp_old if j == 0 else logp_new
                 branches[j], m = self._branch(eps, omega_logp, j, gen, rng, times, cb)
                 branch_metrics.append(m)
             t0 = time.perf_counter()
@@ -238,17 +263,31 @@ class APPOTrainer:
         return metrics
 
     def _logp_full(self, batch: PackedBatch) -> torch.Tensor:
-        """log π_θ of every token in full-sequence coordinates (position 0 gets 0), with grad."""
-        self.model.train()
+        """log π_θ of every token in full-sequence coordinates (position 0 gets 0), with grad.
+
+        Dropout stays off (eval mode, autograd on): with it, ρ and Ω would be noisy and not exactly 1
+        while π_θ = π_old."""
+        self.model.eval()
         lp = self.policy.token_logprobs(batch.ids, batch.attn, self.cfg.temperature)
         return torch.nn.functional.pad(lp, (1, 0))
+
+    def _same_weights_logps(self, minibatches: list[list[Episode]], times: Counter) -> list[torch.Tensor]:
+        """The released code's Ω numerator: the trainer's log-probs of every mini-batch under the step-start
+        weights (the sampler's), one extra forward pass per mini-batch, no grad."""
+        t0 = time.perf_counter()
+        with eval_mode(self.model):
+            out = [self._logp_full(pack_episodes(eps, self.policy.pad_id, self.policy.device))
+                   for eps in minibatches]
+        times["scoring"] += time.perf_counter() - t0
+        return out
 
     def _branch(self, eps: list[Episode], omega_logp: torch.Tensor | None, j: int, gen: torch.Generator,
                 rng: np.random.Generator, times: Counter, cb: Callback) -> tuple[list[Episode], dict[str, float]]:
         """Score, select and sample the branches of one mini-batch's initial rollouts."""
         t0 = time.perf_counter()
-        views = rollout_views(eps, omega_logp, self.engine.tables.skip, [e.group for e in eps])
-        plan: BranchPlan = BRANCH_SELECTORS[self.cfg.selector](views, self.branch_cfg, rng)
+        with count_forward_calls(self.policy) as calls:  # scoring must reuse PPO's log-probs: expect 0
+            views = rollout_views(eps, omega_logp, self.engine.tables.skip, [e.group for e in eps])
+            plan: BranchPlan = BRANCH_SELECTORS[self.cfg.selector](views, self.branch_cfg, rng)
         times["scoring"] += time.perf_counter() - t0
         before = Counter(self.engine.timings)
         out = self.engine.branch([(eps[pt.rollout], pt.position) for pt in plan.points], gen)
@@ -256,7 +295,7 @@ class APPOTrainer:
         after.subtract(before)
         times["branch_generate"] += after["generate"]
         times["branch_tools"] += after["tools"]
-        metrics = dict(plan.metrics)
+        metrics = {**plan.metrics, "branch/scoring_forward_passes": float(calls["forward"])}
         if j == 0 and "branch/omega_degenerate_frac" in plan.metrics:
             metrics["branch/first_minibatch_degenerate_frac"] = plan.metrics["branch/omega_degenerate_frac"]
         elif "branch/omega_degenerate_frac" in plan.metrics:
@@ -266,8 +305,16 @@ class APPOTrainer:
 
     def _update(self, eps: list[Episode], batch: PackedBatch, logp_new: torch.Tensor,
                 branches: list[Episode]) -> dict[str, float]:
-        """Advantages from initial + branch rewards, future-KL weight, PPO loss on the initial rollouts, one step."""
+        """Advantages from initial + branch rewards, future-KL weight, PPO loss on the trained rows, one step.
+
+        The trained rows are the initial rollouts (APPO, §5) or, with ``train_rows="all"``, the branches
+        too, each a full row with its shared prefix, in one GRPO group per prompt (ARPO, §6)."""
         cfg, dev = self.cfg, self.policy.device
+        if cfg.train_rows == "all" and branches:
+            extra = pack_episodes(branches, self.policy.pad_id, dev)
+            batch = concat_batches(batch, extra, self.policy.pad_id)
+            logp_new = _pad_cat([logp_new, self._logp_full(extra)], 0.0)
+            eps, branches = [*eps, *branches], []
         index = {id(e): r for r, e in enumerate(eps)}
         valid = torch.tensor([not (cfg.mask_infra_failures and e.infra_failure) for e in eps], device=dev)
         adv_batch = AdvantageBatch(
@@ -289,11 +336,7 @@ class APPOTrainer:
         logp_ref = None
         if self.ref_model is not None:
             with eval_mode(self.ref_model):
-                pos = (batch.attn.cumsum(-1) - 1).clamp_min(0)
-                with self.policy.autocast():
-                    logits = self.ref_model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=pos).logits
-                z = logits[:, :-1].float() / cfg.temperature
-                lp = z.gather(-1, batch.ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(z, -1)
+                lp = self.policy.token_logprobs(batch.ids, batch.attn, cfg.temperature, model=self.ref_model)
                 logp_ref = torch.nn.functional.pad(lp, (1, 0))
         groups = len({e.group for e in eps})
         normalizer = float(cfg.group_size_m * groups) if cfg.ppo.aggregation == "seq_mean_div_M" else None
@@ -308,6 +351,7 @@ class APPOTrainer:
             self.optimizer.step()
         metrics.update({"train/loss": float(loss.detach()), "train/grad_norm": float(grad_norm),
                         "train/skipped_nonfinite": float(not finite), "train/masked_infra_frac": float((~valid).float().mean()),
+                        "train/rows": float(len(eps)),
                         "train/lr": self.optimizer.param_groups[0]["lr"]})
         return metrics
 

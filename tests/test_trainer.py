@@ -103,8 +103,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("selector", ["none", "random", "entropy", "tool_boundary", "appo"])
 def test_every_selector_runs_in_the_same_loop(tmp_path, selector):
-    advantage = "grpo" if selector in ("none", "tool_boundary") else "appo"
-    cfg = config(tmp_path, selector, steps=2, selector=selector, advantage=advantage, tensorboard=False)
+    arpo = selector == "tool_boundary"  # ARPO: GRPO advantages over initial rollouts and branches, all trained
+    cfg = config(tmp_path, selector, steps=2, selector=selector, advantage="grpo" if selector in ("none", "tool_boundary")
+                 else "appo", train_rows="all" if arpo else "initial", tensorboard=False)
     t = APPOTrainer(cfg)
     t.learn()
     t.close()
@@ -112,6 +113,23 @@ def test_every_selector_runs_in_the_same_loop(tmp_path, selector):
     assert_finite(metrics)
     if selector == "none":
         assert all(r["branch/n"] == 0 for r in metrics)
+    else:
+        assert sum(r["branch/n"] for r in metrics) > 0
+        assert all(r["branch/scoring_forward_passes"] == 0 for r in metrics)
+    initial_rows = cfg.prompts_per_step * cfg.rollouts_per_prompt / cfg.minibatches
+    trained = [r["train/rows"] for r in metrics]
+    assert (max(trained) > initial_rows) if arpo else all(x == initial_rows for x in trained)
+
+
+def test_code_reading_of_omega_branches_from_same_weight_logprobs(tmp_path):
+    cfg = config(tmp_path, "code", steps=1, omega_reading="code", branch={"branches_per_rollout": 1, "gamma": 1.0},
+                 tensorboard=False)
+    t = APPOTrainer(cfg)
+    t.learn()
+    t.close()
+    (row,) = rows(Path(cfg.log_dir))
+    assert_finite([row])
+    assert row["branch/n"] > 0 and row["branch/scoring_forward_passes"] == 0
 
 
 HOSTILE = {
@@ -160,6 +178,13 @@ def test_config_overrides_and_errors(tmp_path):
         TrainConfig.load(None, ["branch.nope=1"])
     with pytest.raises(ValueError, match="key=value"):
         TrainConfig.load(None, ["selector"])
+    with pytest.raises(ValueError, match="branch.gamma=1"):
+        TrainConfig.load(None, ["omega_reading=code"])
+    with pytest.raises(ValueError, match="advantage='grpo'"):
+        TrainConfig.load(None, ["train_rows=all", "advantage=appo"])
+    pooled = TrainConfig.load(None, ["rollouts_per_prompt=4", "branch.budget_per_prompt=6", "branch.selection=pooled"])
+    assert pooled.group_size_m == 10 and TrainConfig.load(None, ["rollouts_per_prompt=4"]).group_size_m == 4 * (
+        1 + TrainConfig().branch.branches_per_rollout)
 
 
 def test_cli_train_resume_and_warmstart(tmp_path, capsys):

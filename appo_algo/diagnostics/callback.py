@@ -4,8 +4,8 @@ Per step it adds to the step's metrics (so the trainer logs them) and to ``rows`
 step, with the trainer's own metrics):
 
 - ``overhead/``: BS scoring + selection wall time as a share of the step (diagnostic work
-  excluded from the step), analytic FLOPs of scoring and selection vs the model's, forward
-  passes the selector makes (measured by re-running it with ``policy.forward`` counted);
+  excluded from the step), analytic FLOPs of scoring and selection vs the model's, model
+  forward passes made during the trainer's scoring + selection (``policy.forward`` counted there);
 - ``loc/``: where the step's branch points fall (``location_histogram``);
 - ``stab/rescore_*``: the step's initial rollouts scored with π_θ after the first and after the
   last mini-batch update (two points of the mini-batch order) — top-B Jaccard and Spearman;
@@ -172,20 +172,24 @@ class DiagnosticsCallback(Callback):
     def _overhead(self, trainer: "APPOTrainer", views: list[RolloutView], metrics: dict[str, float]) -> dict[str, float]:
         """Share of the step spent scoring + selecting, FLOPs shares, and the selector's own forward passes."""
         rng = np.random.default_rng(0)
-        _, sel = measure_selection(views, trainer.branch_cfg, trainer.cfg.selector, rng, policy=trainer.policy,
+        _, sel = measure_selection(views, trainer.branch_cfg, trainer.cfg.selector, rng,
                                    vocab_size=trainer.policy.vocab_size)
         params = sum(p.numel() for p in trainer.policy.model.parameters())
         tokens = sum(len(e.ids) for e in self._initial)
         step_flops = model_flops(params, tokens + int(metrics.get("branch/tokens", 0.0)), tokens)
         step_s = metrics["time/step_s"] - self._diag_s
+        def share(seconds: float) -> float:
+            return seconds / step_s if step_s > 0 else float("nan")
+
         return {
             "overhead/step_s": step_s,
             "overhead/scoring_s": metrics["time/scoring_s"],
-            "overhead/bs_frac": metrics["time/scoring_s"] / step_s if step_s > 0 else float("nan"),
-            "overhead/generate_frac": (metrics["time/generate_s"] + metrics["time/branch_generate_s"]) / step_s,
-            "overhead/tools_frac": (metrics["time/tools_s"] + metrics["time/branch_tools_s"]) / step_s,
-            "overhead/update_frac": metrics["time/update_s"] / step_s,
-            "overhead/extra_forward_passes": sel["overhead/extra_forward_passes"],
+            "overhead/bs_frac": share(metrics["time/scoring_s"]),
+            "overhead/generate_frac": share(metrics["time/generate_s"] + metrics["time/branch_generate_s"]),
+            "overhead/tools_frac": share(metrics["time/tools_s"] + metrics["time/branch_tools_s"]),
+            "overhead/update_frac": share(metrics["time/update_s"]),
+            # counted around the trainer's own scoring + selection (APPOTrainer._branch); none for GRPO
+            "overhead/extra_forward_passes": metrics.get("branch/scoring_forward_passes", 0.0),
             "overhead/bs_flops_frac": (sel["overhead/score_flops"] + sel["overhead/select_flops"]) / step_flops,
             "overhead/entropy_flops_frac": sel["overhead/entropy_flops"] / step_flops,
             "overhead/step_flops": step_flops,
