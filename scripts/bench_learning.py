@@ -3,7 +3,9 @@
 CodeExec with the ``flaky`` fault profile, the ``tiny`` preset (warm-started once, cached),
 the same loop for every method: the only difference is where branches are taken
 (``selector``). ``none`` is GRPO with N = M rollouts per prompt; the branching methods use
-N initial rollouts and B branches per rollout with dual-group advantages. Every run
+N initial rollouts and B branches per rollout, with dual-group advantages on the initial
+rollouts (appo, entropy, random) or, for ``tool_boundary`` (ARPO), GRPO advantages with the
+branches trained too. Every run
 stops once it has sampled ``--token-budget`` tokens (initial rollouts + branches).
 
 Prints, per method (mean ± std over seeds), the success rate on the same held-out prompts
@@ -20,9 +22,10 @@ Training prompts differ per seed (``prompt_seed_offset``).
   has both room and reward variance. Stopping SFT earlier gives no signal at all: 100 / 150 /
   200 / 250 SFT steps score 0.00 / 0.00 / 0.00 / 0.02 on 48 held-out prompts.
   lr 3e-4 (1e-3 collapses to near-empty answers within ~15 steps; 5e-4 made appo worse),
-  4 prompts per step, 300k sampled tokens per run (~5 min of one CPU core), 128 held-out
-  prompts per evaluation (binomial std ~0.04 at 0.27). In that budget neither appo nor
-  none showed a gain beyond that noise (2 seeds each); larger budgets are untested.
+  4 prompts per step, 600k sampled tokens per run (~10 min of one CPU core), 128 held-out
+  prompts per evaluation (binomial std ~0.04 at 0.27). Measured (2026-11-28): at 300k tokens
+  neither appo (0.29±0.02) nor none (0.26±0.08) is above the noise (2 seeds each); one appo
+  seed run to 600k went 0.27 -> 0.23 / 0.30 / 0.31 / 0.40 (150k steps) — a gain, single seed.
 - ``full``: all six CodeExec families with the default tiny preset (the original settings).
   That warm start scores ~0 on CodeExec easy, so GRPO-style methods get no reward variance.
 
@@ -47,7 +50,7 @@ from appo_algo.trainer import APPOTrainer
 METHODS = ("none", "entropy", "tool_boundary", "appo")
 # Defaults of the flags per --setting (see the module docstring).
 SETTINGS: dict[str, dict] = {
-    "collatz": {"token_budget": 300_000, "prompts": 4, "lr": 3e-4, "bins": 4, "eval_episodes": 128,
+    "collatz": {"token_budget": 600_000, "prompts": 4, "lr": 3e-4, "bins": 4, "eval_episodes": 128,
                 "model_options": json.dumps(SMOKE_OPTIONS),
                 "env_kwargs": json.dumps({"family": SMOKE_ENV_KWARGS["family"]})},
     "full": {"token_budget": 60_000, "prompts": 2, "lr": 1e-4, "bins": 5, "eval_episodes": 48,
@@ -64,8 +67,11 @@ def method_config(method: str, seed: int, args: argparse.Namespace) -> TrainConf
     if method == "none":
         return TrainConfig.from_dict({**common, "selector": "none", "advantage": "grpo",
                                       "rollouts_per_prompt": n * (b + 1)})
-    return TrainConfig.from_dict({**common, "selector": method, "advantage": "appo", "rollouts_per_prompt": n,
-                                  "branch": {"branches_per_rollout": b, "arpo_copies": 1}})
+    branched = {**common, "selector": method, "rollouts_per_prompt": n,
+                "branch": {"branches_per_rollout": b, "arpo_copies": 1}}
+    if method == "tool_boundary":  # ARPO: GRPO advantages, branches trained too
+        return TrainConfig.from_dict({**branched, "advantage": "grpo", "train_rows": "all"})
+    return TrainConfig.from_dict({**branched, "advantage": "appo"})
 
 
 def run(cfg: TrainConfig, budget: int, bins: int, eval_episodes: int) -> dict:
