@@ -333,6 +333,26 @@ def _read_frame(stream) -> bytes | None:
     return payload
 
 
+def _pipes(n: int) -> list:
+    return [os.pipe() for _ in range(n)]
+
+
+def _fork(child_main, child_ends: tuple, output_ends: tuple) -> int:
+    """Fork a child that runs ``child_main`` and never returns; here, close the child's pipe ends
+    and make the output readers non-blocking. Returns the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child_main()
+        finally:
+            os._exit(SETUP_FAILED)
+    for fd in child_ends:
+        os.close(fd)
+    for fd in output_ends:
+        os.set_blocking(fd, False)
+    return pid
+
+
 class _Capture:
     """Bytes read from one pipe, kept up to ``cap``; more sets ``overflow``."""
 
@@ -425,21 +445,9 @@ class Worker:
     def _prepare(self) -> _Prepared:
         """Fork the next snippet process in a fresh work dir; it sets itself up and waits for code."""
         workdir = self._fresh_workdir()
-        code_r, code_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        setup_r, setup_w = os.pipe()
-        done_r, done_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _snippet_child(self.cfg, workdir, code_r, out_w, err_w, setup_w, done_w)
-            finally:
-                os._exit(SETUP_FAILED)
-        for fd in (code_r, out_w, err_w, setup_w, done_w):
-            os.close(fd)
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
+        (code_r, code_w), (out_r, out_w), (err_r, err_w), (setup_r, setup_w), (done_r, done_w) = _pipes(5)
+        pid = _fork(lambda: _snippet_child(self.cfg, workdir, code_r, out_w, err_w, setup_w, done_w),
+                    child_ends=(code_r, out_w, err_w, setup_w, done_w), output_ends=(out_r, err_r))
         return _Prepared(pid, code_w, out_r, err_r, setup_r, done_r)
 
     def _run_snippet(self, code: str, timeout_s: float) -> tuple:
@@ -547,21 +555,9 @@ class Worker:
     def _start_session(self) -> str:
         """Fork the session process; the setup error it reported, or "" once it is ready for cells."""
         workdir = self._fresh_workdir()
-        cell_r, cell_w = os.pipe()
-        done_r, done_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        setup_r, setup_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _session_child(self.cfg, workdir, cell_r, done_w, out_w, err_w, setup_w)
-            finally:
-                os._exit(SETUP_FAILED)
-        for fd in (cell_r, done_w, out_w, err_w, setup_w):
-            os.close(fd)
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
+        (cell_r, cell_w), (done_r, done_w), (out_r, out_w), (err_r, err_w), (setup_r, setup_w) = _pipes(5)
+        pid = _fork(lambda: _session_child(self.cfg, workdir, cell_r, done_w, out_w, err_w, setup_w),
+                    child_ends=(cell_r, done_w, out_w, err_w, setup_w), output_ends=(out_r, err_r))
         self.session = _Session(pid, cell_w, done_r, out_r, err_r)
         with open(setup_r, "rb") as setup:  # EOF once the child closed it: set up, or failed
             return setup.read().decode("utf-8", "replace")
