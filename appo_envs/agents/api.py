@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
-from appo_envs.agents.search import Script, ScriptedToolAgent
+from appo_envs.agents.script import Script, ScriptedToolAgent
 
 
 def _is_client_error(content: str) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from appo_envs.agents.api import ApiSteps
-from appo_envs.agents.search import Script
+from appo_envs.agents.script import Script
+from appo_envs.agents.search import SearchSteps
 from appo_envs.tasks.mixed import FORMULAS
 
 
@@ -13,7 +14,7 @@ def _integer_output(content: str) -> str | None:
     return last if last.isdigit() else None
 
 
-class ScriptedMixedAgent(ApiSteps):
+class ScriptedMixedAgent(SearchSteps, ApiSteps):
     """Uses what the tools return at every step: the facts it read feed the program, its output feeds the write."""
 
     def script(self, spec: dict[str, Any]) -> Script:
