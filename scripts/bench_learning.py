@@ -23,9 +23,10 @@ Training prompts differ per seed (``prompt_seed_offset``).
   200 / 250 SFT steps score 0.00 / 0.00 / 0.00 / 0.02 on 48 held-out prompts.
   lr 3e-4 (1e-3 collapses to near-empty answers within ~15 steps; 5e-4 made appo worse),
   4 prompts per step, 600k sampled tokens per run (~10 min of one CPU core), 128 held-out
-  prompts per evaluation (binomial std ~0.04 at 0.27). Measured (2026-11-28): at 300k tokens
-  neither appo (0.29±0.02) nor none (0.26±0.08) is above the noise (2 seeds each); one appo
-  seed run to 600k went 0.27 -> 0.23 / 0.30 / 0.31 / 0.40 (150k steps) — a gain, single seed.
+  prompts per evaluation (binomial std ~0.04 at 0.27). Measured (2026-11-28, seeds 0 and 1,
+  600k tokens, ~20 min per method on a 2-core CPU): appo 0.27 -> 0.25 / 0.29 / 0.29 / 0.40±0.01,
+  none 0.27 -> 0.21 / 0.26 / 0.37 / 0.41±0.08 (every 150k tokens). Both rise above the warm
+  start by the end; at this scale the selectors do not separate.
 - ``full``: all six CodeExec families with the default tiny preset (the original settings).
   That warm start scores ~0 on CodeExec easy, so GRPO-style methods get no reward variance.
 
