@@ -2,7 +2,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from env_contract import fuzz_step, play
+from env_contract import assert_fork_future, assert_seed_determinism, fuzz_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,25 +51,14 @@ ACTIONS = [UNICODE_PRINT, "no tags here", render_tool_call("python", {"code": "i
 
 
 def test_same_seed_same_everything_different_seed_differs(make_env):
-    a = play(make_env(faults="degraded"), ACTIONS, seed=11)
-    b = play(make_env(faults="degraded"), ACTIONS, seed=11)
-    c = play(make_env(faults="degraded"), ACTIONS, seed=12)
-    assert a == b
-    assert a != c
+    assert_seed_determinism(make_env, ACTIONS, faults="degraded")
 
 
 def test_fork_mid_episode_has_identical_independent_future(make_env):
     env = make_env(faults="degraded", budgets={"max_turns": 20})
     env.reset(seed=5)
     env.step(UNICODE_PRINT)
-    child = appo_envs.fork_env(env)
-    log_before = list(env.unwrapped.fault_log)
-    future = ACTIONS[:4]
-    child_out = [child.step(a) for a in future]
-    assert env.unwrapped.fault_log == log_before  # acting on the fork left the original alone
-    parent_out = [env.step(a) for a in future]
-    assert child_out == parent_out
-    child.close()
+    assert_fork_future(env, ACTIONS[:4]).close()
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))

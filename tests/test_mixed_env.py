@@ -2,7 +2,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from env_contract import fuzz_step, play
+from env_contract import assert_fork_future, assert_seed_determinism, fuzz_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,21 +67,14 @@ ACTIONS = [render_tool_call("search", {"query": "Kettle"}),
 
 
 def test_same_seed_same_everything_different_seed_differs(make_env):
-    a = play(make_env(faults="flaky"), ACTIONS, seed=11)
-    b = play(make_env(faults="flaky"), ACTIONS, seed=11)
-    c = play(make_env(faults="flaky"), ACTIONS, seed=12)
-    assert a == b
-    assert a != c
+    assert_seed_determinism(make_env, ACTIONS, faults="flaky")
 
 
 def test_fork_mid_episode_has_identical_independent_future(make_env):
     env = make_env(faults="flaky", budgets={"max_turns": 30})
     env.reset(seed=5)
     env.step(ACTIONS[0])
-    child = appo_envs.fork_env(env)
-    child_out = [child.step(a) for a in ACTIONS[1:5]]
-    parent_out = [env.step(a) for a in ACTIONS[1:5]]
-    assert child_out == parent_out
+    child = assert_fork_future(env, ACTIONS[1:5])
     assert child.unwrapped.tools["api"].session_id != env.unwrapped.tools["api"].session_id
     child.close()
 

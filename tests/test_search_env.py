@@ -2,7 +2,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from env_contract import fuzz_step, play
+from env_contract import assert_fork_future, assert_seed_determinism, fuzz_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,24 +87,14 @@ ACTIONS = [render_tool_call("search", {"query": "Kettle"}), "no tags here",
 
 
 def test_same_seed_same_everything_different_seed_differs(make_env):
-    a = play(make_env(faults="chaos"), ACTIONS, seed=11)
-    b = play(make_env(faults="chaos"), ACTIONS, seed=11)
-    c = play(make_env(faults="chaos"), ACTIONS, seed=12)
-    assert a == b
-    assert a != c
+    assert_seed_determinism(make_env, ACTIONS, faults="chaos")
 
 
 def test_fork_mid_episode_has_identical_independent_future(make_env):
     env = make_env(faults="chaos", budgets={"max_turns": 20})
     env.reset(seed=5)
     env.step(ACTIONS[0])
-    child = appo_envs.fork_env(env)
-    log_before = list(env.unwrapped.fault_log)
-    child_out = [child.step(a) for a in ACTIONS[:4]]
-    assert list(env.unwrapped.fault_log) == log_before
-    parent_out = [env.step(a) for a in ACTIONS[:4]]
-    assert child_out == parent_out
-    child.close()
+    assert_fork_future(env, ACTIONS[:4]).close()
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
