@@ -18,6 +18,7 @@ import yaml
 from appo_algo.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
 from appo_algo.branching import BRANCH_SELECTORS, BranchConfig
 from appo_algo.losses import LOSSES, LossConfig
+from appo_envs.yaml_file import load_yaml_mapping
 
 OMEGA_READINGS = ("paper", "code")
 TRAIN_ROWS = ("initial", "all")
@@ -143,10 +144,7 @@ class TrainConfig:
         """Defaults, then the YAML file (if any), then ``key=value`` overrides (values parsed as YAML)."""
         data: dict[str, Any] = {}
         if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: a config file must be a YAML mapping, got {type(loaded).__name__}")
-            data = loaded
+            data = load_yaml_mapping(path, "config file")
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep or not key:
@@ -157,7 +155,10 @@ class TrainConfig:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise ValueError(f"override {item!r}: {part!r} is not a section")
-            node[parts[-1]] = yaml.safe_load(raw)
+            try:
+                node[parts[-1]] = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise ValueError(f"override {item!r}: the value is not valid YAML ({e.problem})") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:

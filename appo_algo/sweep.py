@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from appo_envs.yaml_file import load_yaml_mapping
+
 GRID_AXES = ("env", "profile", "intensity", "selector", "seed")
 CELL_COLUMNS = ("cell", "kind", *GRID_AXES)
 
@@ -90,10 +92,7 @@ class SweepSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepSpec":
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a sweep file must be a YAML mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(load_yaml_mapping(path, "sweep file"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,6 +52,8 @@ def test_dict_yaml_and_intensity(tmp_path):
     zero = PRESETS["degraded"].with_intensity(0.0)
     assert zero.for_tool("python").error_rate == 0 and not zero.effective_patience.active
     assert FaultProfile.from_dict(PRESETS["degraded"].to_dict()) == PRESETS["degraded"]
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_profile(str(tmp_path / "typo.yaml"))
 
 
 def test_fault_of_call_k_is_pure_function_of_seed_tool_k():

@@ -182,6 +182,13 @@ def test_config_overrides_and_errors(tmp_path):
         TrainConfig.load(None, ["omega_reading=code"])
     with pytest.raises(ValueError, match="advantage='grpo'"):
         TrainConfig.load(None, ["train_rows=all", "advantage=appo"])
+    with pytest.raises(ValueError, match="not valid YAML"):
+        TrainConfig.load(None, ["branch.clip=[0.8"])
+    with pytest.raises(ValueError, match="does not exist"):
+        TrainConfig.load(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- selector: appo\n")
+    with pytest.raises(ValueError, match="must be a YAML mapping"):
+        TrainConfig.load(tmp_path / "list.yaml")
     pooled = TrainConfig.load(None, ["rollouts_per_prompt=4", "branch.budget_per_prompt=6", "branch.selection=pooled"])
     assert pooled.group_size_m == 10 and TrainConfig.load(None, ["rollouts_per_prompt=4"]).group_size_m == 4 * (
         1 + TrainConfig().branch.branches_per_rollout)
@@ -199,6 +206,10 @@ def test_cli_train_resume_and_warmstart(tmp_path, capsys):
     assert main(["warmstart", "--config", str(tmp_path / "cfg.yaml"), "--eval-episodes", "2"]) == 0
     assert '"warmstart_eval"' in capsys.readouterr().out
     assert main(["train", "--set", "selector=nope"]) == 2  # bad input: a message, not a traceback
+    (tmp_path / "broken.yaml").write_text("grid: [1\n")
+    assert main(["sweep", "--config", str(tmp_path / "broken.yaml"), "--out", str(tmp_path / "sw")]) == 2
+    assert main(["sweep", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "sw")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_cli_train_diagnostics_are_logged_with_the_metrics(tmp_path):

@@ -280,10 +280,9 @@ class FaultProfile:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "FaultProfile":
-        import yaml
+        from appo_envs.yaml_file import load_yaml_mapping
 
-        data = yaml.safe_load(Path(path).read_text())
-        return cls.from_dict({"name": Path(path).stem, **(data or {})})
+        return cls.from_dict({"name": Path(path).stem, **load_yaml_mapping(path, "fault profile file")})
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "default": self.default.to_dict(),
