@@ -19,17 +19,21 @@ def _docker_sandbox(**kwargs: Any) -> Sandbox:
 SANDBOX_BACKENDS: dict[str, Callable[..., Sandbox]] = {"process": ProcessSandbox, "docker": _docker_sandbox}
 
 
-def make_sandbox(backend: str = "process", **kwargs: Any) -> Sandbox:
-    """Create a sandbox by backend name, so configs can choose one with a string."""
+def sandbox_factory(backend: str) -> Callable[..., Sandbox]:
+    """The factory registered as ``backend``; ValueError listing the known names otherwise."""
     try:
-        factory = SANDBOX_BACKENDS[backend]
+        return SANDBOX_BACKENDS[backend]
     except KeyError:
         known = ", ".join(sorted(SANDBOX_BACKENDS))
         raise ValueError(f"unknown sandbox backend {backend!r}; known backends: {known}") from None
-    return factory(**kwargs)
+
+
+def make_sandbox(backend: str = "process", **kwargs: Any) -> Sandbox:
+    """Create a sandbox by backend name, so configs can choose one with a string."""
+    return sandbox_factory(backend)(**kwargs)
 
 
 __all__ = [
     "ExecResult", "ExecStatus", "IsolationReport", "ProcessSandbox", "SANDBOX_BACKENDS", "Sandbox",
-    "SandboxError", "SandboxLimits", "make_sandbox", "probe_isolation",
+    "SandboxError", "SandboxLimits", "make_sandbox", "probe_isolation", "sandbox_factory",
 ]

@@ -32,6 +32,8 @@ def test_bad_constructor_arguments_say_what_to_do():
         gym.make("appo/CodeExec-v0", faults="typo")
     with pytest.raises(ValueError, match="unknown budget"):
         gym.make("appo/CodeExec-v0", budgets={"max_turn": 3})
+    with pytest.raises(ValueError, match="known backends: docker, process"):
+        gym.make("appo/CodeExec-v0", sandbox="dokcer")
 
 
 def test_async_vector_env_with_non_ascii_observations():

@@ -6,9 +6,10 @@ import os
 import threading
 from typing import Any
 
-from sandboxes import ExecResult, ExecStatus, Sandbox, make_sandbox
+from sandboxes import ExecResult, ExecStatus, Sandbox, make_sandbox, sandbox_factory
 
 from appo_envs.tools.base import ToolOutput
+
 
 def format_exec_result(result: ExecResult, timeout_s: float) -> str:
     """What the agent reads: stdout, stderr and a line explaining any abnormal end."""
@@ -95,6 +96,7 @@ class PythonTool:
 
     def __init__(self, backend: str = "process", sandbox_options: dict[str, Any] | None = None,
                  nominal_latency_s: float = 0.05):
+        sandbox_factory(backend)  # an unknown backend fails at construction, not at the first call
         self.backend = backend
         self.sandbox_options = dict(sandbox_options or {})
         self.nominal_latency_s = nominal_latency_s
