@@ -83,6 +83,7 @@ class PythonTool:
     """
 
     name = "python"
+    handles_faults = False  # the env renders injected errors for this tool (faults/apply.py); HTTP tools make them real
     description = ("Run Python 3 code (standard library only) in an isolated sandbox with no network "
                    "and no state between calls. Print what you want to see; stdout and stderr are returned.")
     session_description = ("Run Python 3 code (standard library only) in an isolated sandbox with no network. "
@@ -110,8 +111,6 @@ class PythonTool:
             self._sandbox = (make_sandbox(self.backend, **self.sandbox_options) if self.session
                              else _SHARED.acquire(self.backend, self.sandbox_options))
         return self._sandbox
-
-    handles_faults = False
 
     def call(self, arguments: dict[str, Any], timeout_s: float, fault: Any = None) -> ToolOutput:
         result = self._get_sandbox().run(arguments["code"], timeout_s=timeout_s)
