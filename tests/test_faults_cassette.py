@@ -5,6 +5,7 @@ import pytest
 from appo_envs.cassette import Cassette, CassetteMiss, NotReplayable, content_hash
 from appo_envs.faults import FAULT_CATEGORIES
 from appo_envs.toolcalls import parse_tool_responses, render_answer, render_tool_call
+from sandboxes import SANDBOX_BACKENDS
 
 CODES = ["print(6 * 7)", "print('héllo ✓')", "import json; print(json.dumps({'a': [1, 2]}))", "print(6 * 7)",
          "print(sum(range(10)))", "raise ValueError('nope')"]
@@ -30,9 +31,19 @@ def recorded():
     return cassette, observations
 
 
+def _no_sandbox(**options):
+    raise AssertionError("replay started a sandbox: the tools were not supposed to run")
+
+
+@pytest.fixture(autouse=True)
+def unavailable_backend(monkeypatch):
+    """A sandbox backend that fails when a sandbox is created, so replay provably never runs a tool."""
+    monkeypatch.setitem(SANDBOX_BACKENDS, "unavailable", _no_sandbox)
+
+
 def unavailable_env(**kwargs):
-    """CodeExec whose sandbox backend does not exist: any real tool call would raise."""
-    return gym.make("appo/CodeExec-v0", sandbox="no-such-backend", budgets={"max_turns": 10}, **kwargs)
+    """CodeExec on the ``unavailable`` backend: any real tool call would fail the test."""
+    return gym.make("appo/CodeExec-v0", sandbox="unavailable", budgets={"max_turns": 10}, **kwargs)
 
 
 def test_replay_is_exact_without_the_tools(recorded, tmp_path):
