@@ -8,7 +8,7 @@ import json
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of TrainConfig fields (default: built-in APPO defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set selector=entropy --set branch.clip=[0.8,1.2] (repeatable)")
+                   help="override a config field, e.g. --set selector=entropy --set 'branch.clip=[0.8,1.2]' (repeatable; quote brackets in zsh)")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

@@ -150,6 +150,8 @@ class FaultProxy:
                     pass
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            pass  # stop() with a keep-alive connection open: end quietly (3.11's streams print a cancelled handler)
         finally:
             writer.close()
 
