@@ -168,12 +168,18 @@ def classify(header: dict, stderr: str, cpu_limit_s: int) -> ExecStatus:
 
 
 class _Pool:
-    """Idle warm workers; ``acquire`` hands one out (starting one if none is idle)."""
+    """Idle warm workers; ``acquire`` hands one out (starting one if none is idle).
+
+    At least ``keep_warm`` idle workers are kept, and as many as ever ran at once: threads that
+    run concurrently (a trainer stepping envs in a thread pool) then find warm workers every
+    time instead of starting and stopping one per overlapping call.
+    """
 
     def __init__(self, spawn: Callable[[], WorkerConnection], keep_warm: int, max_workers: int | None):
         self._spawn, self._keep_warm, self._max = spawn, keep_warm, max_workers
         self._idle: list[WorkerConnection] = []
         self._busy = 0
+        self._peak_busy = 0
         self._closed = False
         self._cond = threading.Condition()
 
@@ -190,12 +196,12 @@ class _Pool:
                 while self._idle:
                     conn = self._idle.pop()
                     if conn.alive():
-                        self._busy += 1
+                        self._mark_busy()
                         return conn
                     log.warning("sandbox worker %s died while idle; starting a new one", conn.name)
                     conn.kill()
                 if self._max is None or self._busy < self._max:
-                    self._busy += 1
+                    self._mark_busy()
                     break
                 self._cond.wait()
         try:
@@ -203,6 +209,10 @@ class _Pool:
         except BaseException:
             self.release(None)
             raise
+
+    def _mark_busy(self) -> None:
+        self._busy += 1
+        self._peak_busy = max(self._peak_busy, self._busy)
 
     def idle(self) -> list[WorkerConnection]:
         with self._cond:
@@ -212,7 +222,7 @@ class _Pool:
         """Return a healthy worker (None: it was killed) to the idle list, or stop it."""
         with self._cond:
             self._busy -= 1
-            keep = conn is not None and not self._closed and len(self._idle) < self._keep_warm
+            keep = conn is not None and not self._closed and len(self._idle) < max(self._keep_warm, self._peak_busy)
             if keep:
                 self._idle.append(conn)
             self._cond.notify()
@@ -242,7 +252,7 @@ class WarmSandbox:
     """A Sandbox served by warm workers that a subclass starts in :meth:`_spawn`.
 
     Stateless by default: every run is a fresh forked process in a fresh work dir, and up to
-    ``pool_size`` idle workers are kept (concurrent runs start more). With ``session=True``
+    ``pool_size`` idle workers are kept (concurrent runs start more, which stay warm). With ``session=True``
     one worker keeps the snippet's globals between runs, ``fork()`` returns a sandbox whose
     session was rebuilt by replaying this one's cells, and ``reset()`` empties it.
     """

@@ -102,7 +102,7 @@ def test_worker_that_died_while_idle_is_replaced_transparently(backend, box):
     assert result.ok and result.stdout == "fine\n", result
 
 
-def test_concurrent_runs_get_their_own_workers(backend):
+def test_concurrent_runs_get_their_own_workers_which_stay_warm(backend):
     with make(backend, pool_size=1) as sandbox:
         results = []
 
@@ -110,15 +110,21 @@ def test_concurrent_runs_get_their_own_workers(backend):
             results.append(sandbox.run("import time\nstart = time.time()\ntime.sleep(2)\n"
                                        "print(start, time.time())", timeout_s=30))
 
-        threads = [threading.Thread(target=work) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        def three_at_once():
+            threads = [threading.Thread(target=work) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        three_at_once()
         assert all(r.ok for r in results), results
         spans = [tuple(map(float, r.stdout.split())) for r in results]
         assert max(s for s, _ in spans) < min(e for _, e in spans)  # all three ran at the same time
-        assert len(sandbox.worker_pids()) == 1  # extra workers beyond pool_size were stopped
+        warm = sorted(sandbox.worker_pids())
+        assert len(warm) == 3  # as many as ran at once stay warm, beyond pool_size
+        three_at_once()
+        assert sorted(sandbox.worker_pids()) == warm  # the second round started no worker
 
 
 def test_close_stops_every_worker_and_refuses_runs(backend):
