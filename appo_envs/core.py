@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -23,19 +25,20 @@ from appo_envs.faults.draws import stream_key
 from appo_envs.faults.errors import TokenBucket
 from appo_envs.faults.hostile import obeyed_canaries
 from appo_envs.faults.log import Outcome, infra_failure
-from appo_envs.spaces import UnicodeText
+from appo_envs.spaces import UnicodeText, valid_unicode
 from appo_envs.toolcalls import (
     ANSWER_OPEN,
     CallError,
     ToolCall,
     parse_turn,
+    render_observation,
     render_tool_call,
-    render_tool_response,
-    truncate,
+    shown_name,
 )
 from appo_envs.tools.base import Tool, ToolOutput, tool_schema, validate_arguments
 
 OBSERVATION_MAX_CHARS = 32_768  # hard ceiling of the observation space; budgets stay below it
+TOOL_TIMEOUT_MAX_S = 86_400.0  # longer limits overflow the sandboxes' timers (select, rlimits)
 _NOT_FAILURES = frozenset({"latency", "cold_start", "hostile"})  # events that do not fail a call
 
 
@@ -45,8 +48,8 @@ class Budgets:
 
     max_turns: int = 8
     max_tool_calls: int = 16
-    max_calls_per_turn: int = 4
-    max_observation_chars: int = 8_192
+    max_calls_per_turn: int = 4  # executed calls; malformed, unknown-tool and invalid-argument calls do not count
+    max_observation_chars: int = 8_192  # the turn's tool responses and notes share it fairly
     max_action_chars: int = 65_536  # a longer turn is rejected with an error observation
     time_budget_s: float = 600.0  # on the env clock
     tool_timeout_s: float = 10.0  # real wall-clock limit of one tool execution
@@ -54,10 +57,16 @@ class Budgets:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
-                raise ValueError(f"budget {f.name} must be a positive number, got {v!r}")
+            if f.type in ("int", int) and not _is_positive_int(v):
+                raise ValueError(f"budget {f.name} must be a positive int (a count; not a bool), got {v!r}")
+            if f.type in ("float", float) and not _is_positive_seconds(v):
+                raise ValueError(f"budget {f.name} must be a finite positive number of seconds, got {v!r}")
         if self.max_observation_chars > OBSERVATION_MAX_CHARS:
-            raise ValueError(f"max_observation_chars must be <= {OBSERVATION_MAX_CHARS}")
+            raise ValueError(f"budget max_observation_chars must be <= {OBSERVATION_MAX_CHARS}, "
+                             f"got {self.max_observation_chars}")
+        if self.tool_timeout_s > TOOL_TIMEOUT_MAX_S:
+            raise ValueError(f"budget tool_timeout_s must be <= {TOOL_TIMEOUT_MAX_S:g} s (one day), "
+                             f"got {self.tool_timeout_s!r}")
 
     @classmethod
     def from_any(cls, spec: "Budgets | Mapping[str, Any] | None") -> "Budgets":
@@ -67,6 +76,16 @@ class Budgets:
         if unknown:
             raise ValueError(f"unknown budget(s) {sorted(unknown)}; allowed: {[f.name for f in fields(cls)]}")
         return cls(**spec)
+
+
+def _is_positive_int(v: Any) -> bool:
+    """A count budget: an int (bool excluded, it is an int subclass) above zero."""
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _is_positive_seconds(v: Any) -> bool:
+    """A time budget: a finite number of seconds above zero (inf and nan overflow timers or never compare)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 @dataclass
@@ -139,55 +158,50 @@ class ToolEnv(gym.Env[str, str]):
     # --- Gymnasium API -----------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-        super().reset(seed=seed)
-        options = dict(options or {})
-        episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**63))
-        task_ss = np.random.SeedSequence(episode_seed).spawn(1)[0]
-        entropy = self._fault_entropy(options.pop("fault_entropy", None))
-        self._injector = self._make_injector(episode_seed, entropy)
-        task = self._new_task(np.random.default_rng(task_ss), options)
+        """Start an episode. Invalid options raise and leave the env exactly as it was (episode and generator).
+
+        A tool that fails to reset leaves the env without an episode: ``step`` then asks for ``reset``.
+        """
+        with self._generator_restored_on_error():
+            super().reset(seed=seed)
+            episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**63))
+            state, injector = self._new_episode(episode_seed, dict(options or {}))
+        self._state = self._injector = None  # no episode is valid until every tool has reset
         for tool in self.tools.values():
             tool.reset(episode_seed)
-        self._state = EpisodeState(seed=episode_seed, task=task, fault_entropy=[] if entropy is None else [entropy])
-        system, user = self._system_prompt(), task.question
-        prompt = f"{system}\n\n{user}"
-        self._state.transcript += [("system", system), ("user", user)]
+        self._state, self._injector = state, injector
+        system, user = valid_unicode(self._system_prompt()), valid_unicode(state.task.question)
+        state.transcript += [("system", system), ("user", user)]
         info = self._info(tool_calls=[], faults=[])
-        info.update(task_id=task.task_id, tools=[tool_schema(t) for t in self.tools.values()],
+        info.update(task_id=state.task.task_id, tools=[tool_schema(t) for t in self.tools.values()],
                     messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                     episode_seed=episode_seed)
-        if entropy is not None:
-            info["fault_entropy"] = entropy
-        return prompt, info
+        if state.fault_entropy:
+            info["fault_entropy"] = state.fault_entropy[0]
+        return f"{system}\n\n{user}", info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Play one assistant turn. Bad turns (not a str, too long, malformed) get an error observation, never raise."""
         s = self._state
         if s is None:
             raise RuntimeError("call reset() before step()")
         if s.done:
-            return ("The episode is over; call reset() to start a new one.", 0.0, True, False,
-                    self._info(tool_calls=[], faults=[]))
-        if not isinstance(action, str):
-            action = "" if action is None else str(action)
-            notes = ["Error: the action must be a string (the assistant's turn as text)."]
-        else:
-            notes = []
+            return self._step_after_end()
         s.turn += 1
-        s.transcript.append(("assistant", action))
+        s.transcript.append(("assistant", action if isinstance(action, str) else f"<{type(action).__name__}>"))
         step_calls: list[dict[str, Any]] = []
         step_faults: list[dict[str, Any]] = []
-        responses: list[str] = []
+        responses: list[tuple[str, str, str]] = []
         reward, terminated, truncated = 0.0, False, False
         extra: dict[str, Any] = {}
         penalty = 0.0
 
-        if len(action) > self.budgets.max_action_chars:
-            notes.append(f"Error: the turn has {len(action)} characters; the limit is "
-                         f"{self.budgets.max_action_chars}. Nothing in it was executed.")
-            turn = None
+        rejected = self._rejected_action(action)
+        if rejected is not None:
+            notes, turn = [rejected], None
         else:
             turn = parse_turn(action)
-            notes += [f"Format error: {p}." for p in turn.problems]
+            notes = [f"Format error: {p}." for p in turn.problems]
             if s.canaries:
                 penalty = self._detect_obeyed(action, turn.calls, turn.answer, step_faults)
 
@@ -212,10 +226,9 @@ class ToolEnv(gym.Env[str, str]):
             step_faults += limit_faults
         s.done = terminated or truncated
         s.truncation_reason = extra.get("truncation_reason")
-        obs = "\n".join(responses + notes)
         if s.done and not terminated:
-            obs = (obs + "\n" if obs else "") + f"Episode ended: {extra.get('abort_reason') or extra['truncation_reason']}."
-        obs = truncate(obs, self.budgets.max_observation_chars)
+            notes.append(f"Episode ended: {extra.get('abort_reason') or extra['truncation_reason']}.")
+        obs = valid_unicode(render_observation(responses, notes, self.budgets.max_observation_chars))
         s.transcript.append(("tool", obs))
         info = self._info(tool_calls=step_calls, faults=step_faults)
         info.update(extra)
@@ -230,6 +243,27 @@ class ToolEnv(gym.Env[str, str]):
         for tool in self.tools.values():
             tool.close()
         super().close()
+
+    @contextmanager
+    def _generator_restored_on_error(self) -> Iterator[None]:
+        """Undo what a failed reset did to the env's generator (reseeding it, or drawing an episode seed)."""
+        rng, rng_seed = self._np_random, self._np_random_seed
+        rng_state = None if rng is None else rng.bit_generator.state
+        try:
+            yield
+        except BaseException:
+            if rng is not None:
+                rng.bit_generator.state = rng_state
+            self._np_random, self._np_random_seed = rng, rng_seed
+            raise
+
+    def _new_episode(self, episode_seed: int, options: dict[str, Any]) -> tuple[EpisodeState, FaultInjector]:
+        """The new episode's state and fault injector, built without touching the current episode."""
+        entropy = self._fault_entropy(options.pop("fault_entropy", None))
+        task_ss = np.random.SeedSequence(episode_seed).spawn(1)[0]
+        task = self._new_task(np.random.default_rng(task_ss), options)
+        state = EpisodeState(seed=episode_seed, task=task, fault_entropy=[] if entropy is None else [entropy])
+        return state, self._make_injector(episode_seed, entropy)
 
     # --- forking -------------------------------------------------------------------------
 
@@ -323,33 +357,67 @@ class ToolEnv(gym.Env[str, str]):
                 "results come back in <tool_response> blocks. You may make several calls per turn. "
                 "When you are done, write <answer>your final answer</answer>.")
 
-    def _run_calls(self, calls: list[ToolCall | CallError], responses: list[str],
+    def _step_after_end(self) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """A step after the episode ended changes nothing and repeats how it ended (terminated, or truncated and why).
+
+        It does not raise, so a caller that plays one more turn (a TRL tool call after the answer)
+        learns that the episode is over instead of crashing.
+        """
+        s = self.state
+        terminated = s.truncation_reason is None  # only a truncated episode records a reason
+        info = self._info(tool_calls=[], faults=[])
+        if not terminated:
+            info["truncation_reason"] = s.truncation_reason
+        return "The episode is over; call reset() to start a new one.", 0.0, terminated, not terminated, info
+
+    def _rejected_action(self, action: Any) -> str | None:
+        """The error note of an action that is not parsed at all (not a str, or over the length limit), else None."""
+        if not isinstance(action, str):
+            return (f"Error: the action must be a string (the assistant's turn as text), got "
+                    f"{type(action).__name__}. Nothing in it was executed.")
+        if len(action) > self.budgets.max_action_chars:
+            return (f"Error: the turn has {len(action)} characters; the limit is "
+                    f"{self.budgets.max_action_chars}. Nothing in it was executed.")
+        return None
+
+    def _run_calls(self, calls: list[ToolCall | CallError], responses: list[tuple[str, str, str]],
                    step_calls: list[dict[str, Any]], step_faults: list[dict[str, Any]]) -> bool:
-        """Execute a turn's calls in order; return True if the tool-call budget ran out."""
+        """Execute a turn's calls in order; return True if the tool-call budget ran out.
+
+        Only calls that reach a tool count against ``max_calls_per_turn``: a malformed call, an
+        unknown tool or invalid arguments get an error response and use none of the turn's budget.
+        """
         s, b = self.state, self.budgets
-        for i, call in enumerate(calls):
-            if isinstance(call, CallError):
-                responses.append(render_tool_response("invalid_call", "error", call.message))
+        executed = 0
+        for call in calls:
+            error = self._call_error(call)
+            if error is not None:
+                responses.append(error)
                 continue
             if s.n_calls >= b.max_tool_calls:
-                responses.append(render_tool_response(call.name, "skipped",
-                                                      f"Tool-call budget of {b.max_tool_calls} calls is spent."))
+                responses.append((call.name, "skipped", f"Tool-call budget of {b.max_tool_calls} calls is spent."))
                 return True
-            if i >= b.max_calls_per_turn:
-                responses.append(render_tool_response(call.name, "skipped",
-                                                      f"At most {b.max_calls_per_turn} calls per turn; call it again next turn."))
+            if executed >= b.max_calls_per_turn:
+                responses.append((call.name, "skipped",
+                                  f"At most {b.max_calls_per_turn} calls per turn; call it again next turn."))
                 continue
-            tool = self.tools.get(call.name)
-            problem = (f"unknown tool {call.name!r}; available: {', '.join(self.tools)}" if tool is None
-                       else validate_arguments(tool.parameters, call.arguments))
-            if problem is not None:
-                responses.append(render_tool_response(call.name, "error", f"Invalid call: {problem}."))
-                continue
-            out, record, faults = self._call_tool(tool, call.arguments)
-            responses.append(render_tool_response(call.name, out.status, out.content))
+            executed += 1
+            out, record, faults = self._call_tool(self.tools[call.name], call.arguments)
+            responses.append((call.name, out.status, out.content))
             step_calls.append(record)
             step_faults += faults
         return False
+
+    def _call_error(self, call: ToolCall | CallError) -> tuple[str, str, str] | None:
+        """The error response of a call that cannot run (malformed, unknown tool, invalid arguments), else None."""
+        if isinstance(call, CallError):
+            return "invalid_call", "error", call.message
+        tool = self.tools.get(call.name)
+        if tool is None:
+            name = shown_name(call.name)  # agent-supplied: escaped so it cannot forge a response block
+            return name, "error", f"Invalid call: unknown tool '{name}'; available: {', '.join(self.tools)}."
+        problem = validate_arguments(tool.parameters, call.arguments)
+        return None if problem is None else (call.name, "error", f"Invalid call: {problem}.")
 
     def _call_tool(self, tool: Tool, arguments: dict[str, Any]) -> tuple[ToolOutput, dict[str, Any], list[dict[str, Any]]]:
         s = self.state

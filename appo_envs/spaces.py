@@ -2,9 +2,12 @@
 
 Gymnasium's ``Text`` enumerates a charset, so an observation with an unseen character
 (an emoji in a search result, CJK in an API field) breaks ``contains`` and the
-shared-memory vector env. ``UnicodeText`` checks only type and length, and registers its
-own shared-memory layout (one int32 code point per character plus a length slot) so
-``gym.make_vec(..., vectorization_mode="async")`` works with arbitrary text.
+shared-memory vector env. ``UnicodeText`` checks only type, length and validity, and
+registers its own shared-memory layout (one int32 code point per character plus a length
+slot) so ``gym.make_vec(..., vectorization_mode="async")`` works with arbitrary text.
+Valid means no surrogate code points: a Python ``str`` can hold one (e.g. from a JSON
+``"\\ud800"`` escape) but no codec can write it; :func:`valid_unicode` replaces them
+before an env returns text.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from types import ModuleType
 from typing import Any
 
 import multiprocessing as mp
+import re
+
 import numpy as np
 from gymnasium.spaces import Space
 from gymnasium.vector.utils import shared_memory as _shm
@@ -23,10 +28,16 @@ from gymnasium.vector.utils import space_utils as _su
 # other planes so fuzzing with sampled actions exercises non-ASCII paths.
 _SAMPLE_RANGES = ((0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x4E00, 0x4FFF), (0x1F300, 0x1F5FF))
 _SAMPLE_WEIGHTS = np.array([0.7, 0.1, 0.05, 0.1, 0.05])
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with every surrogate code point replaced by U+FFFD, so any codec (and the space) accepts it."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class UnicodeText(Space[str]):
-    """Any ``str`` with ``len(s) <= max_length``; no charset restriction."""
+    """Any valid Unicode ``str`` with ``len(s) <= max_length``; no charset restriction."""
 
     def __init__(self, max_length: int, seed: int | np.random.Generator | None = None):
         if not isinstance(max_length, int) or max_length < 1:
@@ -35,7 +46,7 @@ class UnicodeText(Space[str]):
         super().__init__(shape=None, dtype=str, seed=seed)
 
     def contains(self, x: Any) -> bool:
-        return isinstance(x, str) and len(x) <= self.max_length
+        return isinstance(x, str) and len(x) <= self.max_length and _SURROGATE.search(x) is None
 
     def sample(self, mask: Any = None, probability: Any = None) -> str:
         if mask is not None or probability is not None:
@@ -109,7 +120,8 @@ def _read(space: UnicodeText, shared_memory: SynchronizedArray, n: int = 1) -> S
 @_shm.write_to_shared_memory.register(UnicodeText)
 def _write(space: UnicodeText, index: int, values: str, shared_memory: SynchronizedArray) -> None:
     if not space.contains(values):
-        raise ValueError(f"observation of length {len(values)} exceeds {space!r}")
+        raise ValueError(f"{space!r} holds a str of at most {space.max_length} characters without surrogate "
+                         f"code points; got a {type(values).__name__} that is not one")
     size = space.max_length + 1
     dest = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)[index * size : (index + 1) * size]
     codes = np.frombuffer(values.encode("utf-32-le"), dtype=np.int32)

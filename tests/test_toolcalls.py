@@ -4,8 +4,10 @@ from appo_envs.toolcalls import (
     parse_tool_responses,
     parse_turn,
     render_answer,
+    render_observation,
     render_tool_call,
     render_tool_response,
+    shown_name,
     truncate,
 )
 
@@ -49,3 +51,37 @@ def test_tool_response_round_trip_and_truncate():
     cut = truncate("x" * 1000, 100)
     assert len(cut) <= 100 and "truncated" in cut
     assert truncate("short", 100) == "short"
+
+
+def test_numbers_and_nesting_python_cannot_read_are_call_errors():
+    cases = {
+        '<tool_call>{"name": "x", "arguments": {"n": ' + "9" * 5000 + "}}</tool_call>": "more than 4300 digits",
+        '<tool_call>{"name": "x", "arguments": "{\\"n\\": ' + "9" * 5000 + '}"}</tool_call>': "more than 4300 digits",
+        "<tool_call>" + "[" * 30_000 + "]" * 30_000 + "</tool_call>": "deeper than 64 levels",
+        '<tool_call>{"name": "x", "arguments": {"a": ' + "[" * 63 + "]" * 63 + "}}</tool_call>": "deeper than 64 levels",
+    }
+    for text, fragment in cases.items():
+        (call,) = parse_turn(text).calls
+        assert isinstance(call, CallError) and fragment in call.message, (text[:60], call)
+    ok = '<tool_call>{"name": "x", "arguments": {"a": ' + "[" * 62 + "]" * 62 + "}}</tool_call>"
+    assert isinstance(parse_turn(ok).calls[0], ToolCall)  # exactly 64 levels is allowed
+
+
+def test_shown_name_escapes_and_caps_agent_names():
+    assert shown_name("python") == "python" and shown_name("инструмент_🚀") == "инструмент_🚀"
+    assert shown_name("a b\n</tool_response>\ud800") == "a\\x20b\\x0a\\x3c/tool_response\\x3e\\ud800"
+    assert shown_name("n" * 100) == "n" * 64 + "…"
+    (call,) = parse_turn('<tool_call>{"name": "\\ud800\\n", "arguments": 3}</tool_call>').calls
+    assert "'\\ud800\\x0a'" in call.message
+
+
+def test_render_observation_shares_the_limit_fairly():
+    responses = [("a", "ok", "x" * 1000), ("b", "ok", "short"), ("c", "error", "y" * 1000)]
+    full = render_observation(responses, ["note"], 10_000)
+    assert full == "\n".join([render_tool_response(*r) for r in responses] + ["note"])  # under the limit: unchanged
+    cut = render_observation(responses, ["note"], 300)
+    assert len(cut) <= 300 and cut.endswith("\nnote")
+    (_, _, a), (_, _, b), (_, _, c) = parse_tool_responses(cut)
+    assert b == "short" and "truncated" in a and "truncated" in c and abs(len(a) - len(c)) <= 1
+    many = render_observation([("a", "error", "z" * 50)] * 100, [], 300)
+    assert len(many) <= 300  # more tags than room: the whole turn is cut

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from appo_envs.toolcalls import shown_name
+
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -66,7 +68,8 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> str
         return f"missing required argument(s): {', '.join(missing)}"
     unknown = [k for k in arguments if k not in props]
     if unknown and not schema.get("additionalProperties", False):
-        return f"unknown argument(s): {', '.join(unknown)}; expected: {', '.join(props) or 'none'}"
+        shown = ", ".join(shown_name(k) for k in unknown)  # agent-supplied keys: escaped and capped
+        return f"unknown argument(s): {shown}; expected: {', '.join(props) or 'none'}"
     for key, value in arguments.items():
         want = props.get(key, {}).get("type")
         if want is None:
