@@ -272,13 +272,16 @@ class ToolEnv(gym.Env[str, str]):
 
         Under ``pairing="shared"`` the fork keeps the fault key: its future faults are the
         parent's. Under ``pairing="fresh"`` it draws a new key (``fault_entropy``, or fresh
-        OS entropy) for every call it makes from now on; the key is kept in its fault log.
+        OS entropy) for every call it makes from now on, continuing from the fault state the
+        parent's calls left (an outage, the latency chain, a cold start owed); the key is kept
+        in its fault log.
         """
         clone = copy.copy(self)
         clone._state = copy.deepcopy(self._state)
         if self.profile.pairing == "fresh" and self._state is not None:
             entropy = self._fault_entropy(fault_entropy)
-            clone._injector = clone._make_injector(clone._state.seed, entropy)
+            clone._injector = clone._make_injector(clone._state.seed, entropy).inherit_history(
+                self._injector, self._state.calls_by_tool)
             clone._state.fault_entropy.append(entropy)
         elif fault_entropy is not None:
             raise ValueError("fault_entropy is only used with pairing='fresh' (shared faults follow the seed)")
@@ -330,7 +333,8 @@ class ToolEnv(gym.Env[str, str]):
         return FaultInjector(self.profile, stream_key(fault_ss), stream_key(user_ss))
 
     def _check_fault_support(self) -> None:
-        """Refuse faults a tool cannot suffer (sandbox death of a tool that runs no sandbox of its own)."""
+        """Refuse a misspelt tool in the profile, and faults a tool cannot suffer (sandbox death without a sandbox)."""
+        self.profile.check_tools(self.tools)
         for tool in self.tools.values():
             kinds = self.profile.for_tool(tool.name).error_kinds_possible
             if getattr(tool, "handles_faults", False) and "sandbox_death" in kinds:

@@ -1,6 +1,7 @@
 """Fault profiles, pure fault decisions, and fault statistics measured through the env."""
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -93,3 +94,23 @@ def test_patience_aborts_grow_with_time():
     inj = FaultInjector(prof, key, key)
     assert inj.user_aborts(1, 0.0)[1] == pytest.approx(1 - math.exp(-0.01))
     assert inj.user_aborts(1, 100.0)[1] > inj.user_aborts(1, 10.0)[1]
+
+
+def test_a_misspelt_tool_in_a_profile_is_refused_when_the_env_is_built(echo_env_factory):
+    with pytest.raises(ValueError, match=r"tool 'ehco', which this env does not have; did you mean 'echo'\? "
+                                         r"\(the env's tools: echo\)"):
+        echo_env_factory(faults={"tools": {"ehco": {"error_rate": 1.0}}})
+    with pytest.raises(ValueError, match="did you mean 'python'"):
+        gym.make("appo/CodeExec-v0", faults={"base": "flaky", "tools": {"pyhton": {"error_rate": 1.0}}})
+    # Entries for other envs' tools are kept unused: one profile serves a sweep over envs (chaos names python).
+    for faults in ("chaos", {"tools": {"python": {"error_rate": 1.0}, "search": {"hostile_rate": 0.5}}}):
+        env = echo_env_factory(faults=faults)
+        assert env.profile.for_tool("echo") == env.profile.default.scaled(1.0)
+
+
+def test_check_tools_compares_names_with_the_env_tools():
+    profile = FaultProfile(tools={"Search": {}, "serach": {}, "python": {}, "api": {}})
+    profile.check_tools(["python", "api", "calculator"])
+    for tools in (["search"], ["python", "search"]):
+        with pytest.raises(ValueError, match="'Search'.*did you mean 'search'"):
+            profile.check_tools(tools)

@@ -1,5 +1,6 @@
 """Determinism and pairing: identical fault logs across processes, vector envs and forks; check_fault_env."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,73 @@ def test_fresh_fork_draws_new_faults_and_records_its_key():
     assert new_key.fault_log.digest() != env.fault_log.digest()
     # A fork re-keyed with the episode's own entropy continues exactly like the parent.
     assert [e for e in same_key.fault_log] == [e for e in env.fault_log]
+
+
+LONG = {"max_turns": 100, "max_tool_calls": 100, "time_budget_s": 1e9}
+ONE_CALL = render_tool_call("echo", {"text": "hi"})
+
+
+def fork_after_parent_call(faults, seeds, parent_calls=1, when=lambda info: True):
+    """For each seed: the parent's step infos (until ``when`` holds) and a fresh fork's next step info."""
+    env = EchoEnv(faults={"pairing": "fresh", **faults}, budgets=LONG)
+    out = []
+    for seed in seeds:
+        env.reset(seed=seed, options={"fault_entropy": seed})
+        infos = []
+        for _ in range(parent_calls):
+            infos.append(env.step(ONE_CALL)[4])
+            if when(infos[-1]):
+                fork = env.fork(fault_entropy=10**6 + seed)
+                out.append((infos, fork.step(ONE_CALL)[4]))
+                break
+    return out
+
+
+def in_outage(info):
+    return any(f.get("source") == "burst" for f in info["faults"])
+
+
+def test_a_fresh_fork_taken_in_an_outage_stays_in_it_with_probability_1_minus_p_exit():
+    # P(call k+1 in outage | call k in outage) = 1 - p_exit = 0.95. A fork that forgot the parent's
+    # chain would start afresh: p_enter / (p_enter + p_exit) = 0.29.
+    bursts = {"default": {"bursts": {"p_enter": 0.02, "p_exit": 0.05}}}
+    pairs = fork_after_parent_call(bursts, range(800), parent_calls=30, when=in_outage)
+    still = np.mean([in_outage(fork) for _, fork in pairs])
+    sd = math.sqrt(0.95 * 0.05 / len(pairs))  # binomial; about 0.009 for the ~500 forks taken in an outage
+    assert len(pairs) > 400 and abs(still - 0.95) < 4 * sd, (still, len(pairs))
+
+
+def test_a_fresh_fork_continues_the_parents_latency_chain():
+    # Consecutive calls have Spearman correlation (6/pi) asin(rho/2) = 0.892 at rho = 0.9; a fork
+    # that restarted the chain would be independent of the parent's last call (0).
+    lat = {"default": {"latency": {"kind": "lognormal", "median_s": 0.2, "p99_s": 2.0}, "latency_correlation": 0.9}}
+    pairs = fork_after_parent_call(lat, range(400))
+    latency = lambda info: next(f["latency_s"] for f in info["faults"] if f["kind"] == "latency")
+    ranks = [np.argsort(np.argsort(x)) for x in zip(*[(latency(p[-1]), latency(f)) for p, f in pairs])]
+    spearman = np.corrcoef(*ranks)[0, 1]
+    assert abs(spearman - 6 / math.pi * math.asin(0.45)) < 0.05, spearman  # sd of the estimate ~0.01 at n = 400
+
+
+def test_a_fresh_fork_pays_the_cold_start_its_parent_owes():
+    deaths = {"default": {"error_rate": 0.5, "error_kinds": {"sandbox_death": 1}}}
+    died = lambda info: any(f["kind"] == "sandbox_death" for f in info["faults"])
+    pairs = fork_after_parent_call(deaths, range(40), when=died)
+    assert len(pairs) >= 10
+    assert all(any(f["kind"] == "cold_start" for f in fork["faults"]) for _, fork in pairs)
+
+
+def test_fresh_forks_of_one_state_draw_different_futures():
+    env = EchoEnv(faults={"base": "chaos", "pairing": "fresh", "patience": {}}, budgets=BUDGETS)
+    env.reset(seed=3, options={"fault_entropy": 5})
+    env.step(CALL * 3)
+    forks = [env.fork(fault_entropy=e) for e in (*range(6, 26), 6)]
+    for fork in forks:
+        for a in ACTIONS[1:5]:
+            fork.step(a)
+    digests = [fork.fault_log.digest() for fork in forks]
+    assert len(set(digests[:-1])) == 20 and digests[-1] == digests[0]  # own keys, own futures; a key replays
+    past = list(env.fault_log)
+    assert all(list(fork.fault_log)[:len(past)] == past for fork in forks)
 
 
 def test_check_fault_env_passes_on_the_echo_env():

@@ -6,7 +6,10 @@ CDF value has standard deviation sqrt(q(1-q)/n) (0.0071 at the median, 0.0014 at
 q -/+ 4 sd. ``model.sample`` is the model's quantile function, so those bounds are exact.
 The draws are seeded, so these tests are deterministic; the tolerances say why they pass.
 """
+import hashlib
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -241,6 +244,27 @@ def test_draws_class_equals_the_pure_function():
         assert d.uniforms("call:x", 17, n) == uniforms(key, "call:x", 17, n)
 
 
+# sha256 (first 16 hex digits) of the effective faults of each tool at intensities 1 and 0.5, as
+# ToolFaults.to_dict writes them (key order included: error kinds are picked in that order).
+PRESET_TOOL_DIGESTS = {
+    "clean": ("3e3d1345673cad12",) * 4,
+    "flaky": ("d02a7c6736c98695",) * 4,
+    "degraded": ("aae5b6390fd6e473",) * 4,
+    "hostile": ("0d515051f18cded6",) * 4,
+    "impatient": ("2c363f70ceae1600",) * 4,
+    "chaos": ("daa1c5a0549bff09", "46c4d89f18df9af6", "46c4d89f18df9af6", "46c4d89f18df9af6"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_TOOL_DIGESTS))
+def test_preset_effective_faults_are_pinned(name):
+    """Every preset's effective per-tool faults (python, search, api, any other tool) stay exactly as they were."""
+    profile = PRESETS[name]
+    digests = tuple(hashlib.sha256(json.dumps({x: profile.with_intensity(x).for_tool(t).to_dict() for x in (1.0, 0.5)})
+                                   .encode()).hexdigest()[:16] for t in ("python", "search", "api", "echo"))
+    assert digests == PRESET_TOOL_DIGESTS[name]
+
+
 def test_presets_and_full_profiles_round_trip(tmp_path):
     for p in PRESETS.values():
         assert FaultProfile.from_dict(p.to_dict()) == p
@@ -255,31 +279,122 @@ def test_presets_and_full_profiles_round_trip(tmp_path):
                              "hostile_templates": ["delete_accounts"], "network": {"bandwidth_bytes_per_s": 1e5}}},
     }))
     prof = resolve_profile(str(p))
-    search = prof.tools["search"]
+    search = prof.tool_faults("search")
     assert search.bursts.kind == "connection_reset" and search.rate_limit.burst == 3
     # a per-tool override changes only what it names: the rest comes from the (overridden) default
     assert search.latency_correlation == 0.3 and search.hostile_rate == PRESETS["chaos"].default.hostile_rate
     assert FaultProfile.from_dict(prof.to_dict()) == prof
+    assert FaultProfile.from_dict(yaml.safe_load(yaml.safe_dump(prof.to_dict()))) == prof
+
+
+def test_a_default_override_reaches_every_tool_of_a_preset():
+    zero = {"error_rate": 0, "hostile_rate": 0, "corruption_rate": 0}
+    prof = resolve_profile({"base": "chaos", "default": zero})
+    for tool in ("python", "search", "api", "other"):
+        spec = prof.for_tool(tool)
+        assert (spec.error_rate, spec.hostile_rate, spec.corruption_rate) == (0, 0, 0), tool
+    # chaos's python entry changes only what it names (its error kinds add sandbox deaths), now never drawn
+    kinds = {**PRESETS["chaos"].default.error_kinds, "sandbox_death": 1}
+    assert prof.for_tool("python") == replace(prof.for_tool("search"), error_kinds=kinds)
+    assert "sandbox_death" not in prof.for_tool("python").error_kinds_possible
+    # a tool's entry wins for the fields it sets, the user's on top of the preset's
+    prof = resolve_profile({"base": "chaos", "default": {**zero, "error_kinds": ["exception"]},
+                            "tools": {"python": {"hostile_rate": 0.5}, "api": {"error_rate": 0.2}}})
+    python, api = prof.for_tool("python"), prof.for_tool("api")
+    assert (python.error_rate, python.hostile_rate, python.error_kinds) == (0, 0.5, kinds)
+    assert (api.error_rate, api.hostile_rate, api.error_kinds) == (0.2, 0, {"exception": 1.0})
+    # to_dict keeps entries partial: a default changed in the plain data still reaches every tool
+    data = PRESETS["chaos"].to_dict()
+    assert data["tools"] == {"python": {"error_kinds": kinds}}
+    data["default"]["error_rate"] = 0.0
+    assert FaultProfile.from_dict(data).for_tool("python").error_rate == 0
+
+
+def test_tool_entries_are_partial_mappings_or_whole_tool_faults():
+    whole = ToolFaults(error_rate=0.3)
+    prof = FaultProfile(default=ToolFaults(hostile_rate=0.2),
+                        tools={"a": {"error_rate": 0.3, "latency": 0.5}, "b": whole})
+    assert prof.tool_faults("a") == ToolFaults(hostile_rate=0.2, error_rate=0.3, latency=Constant(0.5))
+    assert prof.tool_faults("b") == whole  # a whole ToolFaults sets every field, hostile_rate included
+    assert FaultProfile.from_dict(prof.to_dict()) == prof
+
+
+NAN, INF = float("nan"), float("inf")
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"default": {"bursts": {"p_enter": 0.1, "p_exit": 0}}}, "p_exit"),
-    ({"default": {"bursts": {"p_enter": 0.1, "stay": 1}}}, r"unknown key\(s\) \['stay'\] in default.bursts"),
-    ({"default": {"rate_limit": {"rate_per_s": -1}}}, "rate_per_s"),
-    ({"default": {"rate_limit": {"burst": 0.5}}}, "burst"),
-    ({"default": {"corruption_kinds": ["garbled"]}}, "unknown corruption kind"),
-    ({"default": {"hostile_templates": ["nice"]}}, "unknown hostile template"),
-    ({"default": {"latency_correlation": 1.0}}, "latency_correlation"),
-    ({"default": {"hostile_rate": 2}}, "hostile_rate"),
-    ({"default": {"network": {"bandwidth_bytes_per_s": -5}}}, "bandwidth"),
-    ({"default": {"latency": {"kind": "pareto", "alpha": 0}}}, "alpha"),
-    ({"default": {"latency": {"kind": "normal", "median_s": 1}}}, "unknown parameter"),
-    ({"tools": {"python": {"eror_rate": 0.1}}}, r"tools.python"),
-    ({"pairing": "sometimes"}, "pairing"),
-    ({"attribution": "blame"}, "attribution"),
-    ({"hostile_penalty": -1}, "hostile_penalty"),
-    ({"patience": {"per_second": -1}}, "patience.per_second"),
-    ({"real_time": "yes"}, "real_time"),
+    ({"default": {"bursts": {"p_enter": 0.1, "p_exit": 0}}},
+     r"^default\.bursts\.p_exit must be a finite number in \(0, 1\]"),
+    ({"default": {"bursts": {"p_enter": 0.1, "stay": 1}}}, r"^default\.bursts: unknown key\(s\) \['stay'\]"),
+    ({"default": {"rate_limit": {"rate_per_s": -1}}}, r"^default\.rate_limit\.rate_per_s must be"),
+    ({"default": {"rate_limit": {"burst": 0.5}}}, r"^default\.rate_limit\.burst must be a finite number >= 1"),
+    ({"default": {"corruption_kinds": ["garbled"]}}, r"^default\.corruption_kinds: unknown corruption kind"),
+    ({"default": {"hostile_templates": ["nice"]}}, r"^default\.hostile_templates: unknown hostile template"),
+    ({"default": {"latency_correlation": 1.0}}, r"^default\.latency_correlation must be a finite number in \[0, 1\)"),
+    ({"default": {"hostile_rate": 2}}, r"^default\.hostile_rate must be a finite number in \[0, 1\]"),
+    ({"default": {"network": {"bandwidth_bytes_per_s": -5}}}, r"^default\.network\.bandwidth_bytes_per_s must be"),
+    ({"default": {"latency": {"kind": "pareto", "alpha": 0}}}, r"^default\.latency\.alpha must be"),
+    ({"default": {"latency": {"kind": "normal", "median_s": 1}}}, r"^default\.latency: unknown parameter"),
+    ({"default": {"latency": {"kind": "gamma"}}}, r"^default\.latency\.kind: unknown latency kind 'gamma'"),
+    ({"tools": {"python": {"eror_rate": 0.1}}}, r"^tools\.python: unknown key\(s\) \['eror_rate'\]"),
+    ({"pairing": "sometimes"}, "^pairing"),
+    ({"attribution": "blame"}, "^attribution"),
+    ({"hostile_penalty": -1}, "^hostile_penalty"),
+    ({"patience": {"per_second": -1}}, r"^patience\.per_second"),
+    ({"real_time": "yes"}, "^real_time"),
+    # numbers are finite real numbers (a bool is not one), weights >= 0 with a positive sum
+    ({"default": {"error_kinds": {"exception": NAN}}},
+     r"^default\.error_kinds\.exception must be a finite number >= 0, got nan"),
+    ({"default": {"error_kinds": {"exception": INF, "timeout": 1}}},
+     r"^default\.error_kinds\.exception must be a finite"),
+    ({"default": {"error_kinds": {"exception": True}}},
+     r"^default\.error_kinds\.exception must be a finite number >= 0, got True"),
+    ({"default": {"error_kinds": {"exception": 0, "timeout": 0}}},
+     r"^default\.error_kinds needs at least one positive weight"),
+    ({"default": {"error_kinds": {}}}, r"^default\.error_kinds needs at least one positive weight"),
+    ({"default": {"error_kinds": "exception"}}, r"^default\.error_kinds must be a list of names or a mapping"),
+    ({"default": {"corruption_kinds": {"stale": -1}}},
+     r"^default\.corruption_kinds\.stale must be a finite number >= 0"),
+    ({"hostile_penalty": INF}, r"^hostile_penalty must be a finite number >= 0, got inf"),
+    ({"hostile_penalty": True}, r"^hostile_penalty must be a finite number >= 0, got True"),
+    ({"default": {"timeout_s": True}}, r"^default\.timeout_s must be a finite number > 0, got True"),
+    ({"default": {"timeout_s": INF}}, r"^default\.timeout_s must be a finite number > 0, got inf"),
+    ({"default": {"cold_start_s": INF}}, r"^default\.cold_start_s must be a finite number"),
+    ({"default": {"error_rate": "0.5"}},
+     r"^default\.error_rate must be a finite number in \[0, 1\], got '0\.5' \(YAML"),
+    ({"tools": {"python": {"bursts": {"p_exit": True}}}},
+     r"^tools\.python\.bursts\.p_exit must be a finite number in \(0, 1\], got True"),
+    ({"tools": {"python": {"bursts": {"kind": ["x"]}}}}, r"^tools\.python\.bursts\.kind must be one of"),
+    ({"tools": {"python": {"bursts": {"error_in_bad": NAN}}}}, r"^tools\.python\.bursts\.error_in_bad must be"),
+    ({"tools": {"python": {"rate_limit": {"rate_per_s": INF}}}},
+     r"^tools\.python\.rate_limit\.rate_per_s must be a finite"),
+    ({"tools": {"python": {"rate_limit": {"burst": INF}}}}, r"^tools\.python\.rate_limit\.burst must be a finite"),
+    ({"tools": {"python": {"network": {"slice_delay_s": INF}}}}, r"^tools\.python\.network\.slice_delay_s must be"),
+    ({"tools": {"python": {"latency": INF}}},
+     r"^tools\.python\.latency\.value_s must be a finite number >= 0, got inf"),
+    ({"tools": {"python": {"latency": True}}}, r"^tools\.python\.latency must be a number or a mapping"),
+    ({"tools": {"python": {"latency": {"kind": "lognormal", "median_s": 1, "p99_s": INF}}}},
+     r"^tools\.python\.latency\.p99_s must be a finite number >= 1, got inf"),
+    ({"tools": {"python": {"latency": {"kind": "uniform", "low_s": 0.5, "high_s": 0.1}}}},
+     r"^tools\.python\.latency\.high_s must be a finite number >= 0\.5"),
+    ({"tools": {"python": {"latency": {"kind": "constant", "value_s": "1e-3"}}}},
+     r"^tools\.python\.latency\.value_s must be a finite number >= 0, got '1e-3' \(YAML reads"),
+    ({"tools": {"python": {"latency": {"kind": "constant", "value_s": False}}}},
+     r"^tools\.python\.latency\.value_s must be"),
+    ({"tools": {"python": {"latency": {"kind": "empirical", "values_s": "12"}}}},
+     r"^tools\.python\.latency\.values_s must be a list of numbers"),
+    ({"tools": {"python": {"latency": {"kind": "empirical", "values_s": [1, NAN]}}}},
+     r"^tools\.python\.latency\.values_s\[1\] must be a finite number"),
+    ({"tools": {"python": {"latency": {"kind": "pareto", "max_s": 0.01}}}},
+     r"^tools\.python\.latency\.max_s must be a number >= 0\.05"),
+    ({"tools": {"python": {"latency": {"kind": "empirical", "path": "/nonexistent/lat.txt"}}}},
+     r"^tools\.python\.latency\.path: cannot read the latency file"),
+    ({"tools": {"python": None}}, r"^tools\.python must be a mapping"),
+    ({"tools": {5: {}}}, r"^tools: a tool name must be a string"),
+    ({"patience": {"per_turn": INF}}, r"^patience\.per_turn must be a finite number >= 0, got inf"),
+    ({"patience": {"base_hazard": False}}, r"^patience\.base_hazard must be a finite number"),
+    ({"intensity": True}, r"^intensity must be a finite number in \[0, 1\], got True"),
+    ({"name": 5}, r"^name must be a string"),
 ])
 def test_validation_names_the_problem(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from appo_envs.faults.validation import check, check_number
+
 # kind -> (status word, message shown to the agent). Templates may use {timeout_s} and {retry_after_s}.
 ERROR_KINDS: dict[str, tuple[str, str]] = {
     "exception": ("error", "ToolError: the tool backend failed with an internal error (transient); you may retry."),
@@ -34,11 +36,6 @@ def render_error(kind: str, timeout_s: float, retry_after_s: float | None) -> tu
     return status, template.format(timeout_s=timeout_s, retry_after_s=retry_after_s or 0)
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 @dataclass(frozen=True)
 class GilbertElliott:
     """Bursty outages: per call, good -> bad with ``p_enter``, bad -> good with ``p_exit``.
@@ -54,12 +51,11 @@ class GilbertElliott:
     kind: str = "http_5xx"
 
     def __post_init__(self) -> None:
-        for name in ("p_enter", "error_in_bad"):
-            v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and 0 <= v <= 1, f"bursts.{name} must be in [0, 1], got {v!r}")
-        _check(isinstance(self.p_exit, (int, float)) and 0 < self.p_exit <= 1,
-               f"bursts.p_exit must be in (0, 1] (mean burst length is 1/p_exit), got {self.p_exit!r}")
-        _check(self.kind in ERROR_KINDS, f"bursts.kind must be one of {sorted(ERROR_KINDS)}, got {self.kind!r}")
+        check_number("bursts.p_enter", self.p_enter, 0, 1)
+        check_number("bursts.p_exit", self.p_exit, 0, 1, low_open=True)  # the mean burst length is 1/p_exit
+        check_number("bursts.error_in_bad", self.error_in_bad, 0, 1)
+        check(isinstance(self.kind, str) and self.kind in ERROR_KINDS,
+              f"bursts.kind must be one of {sorted(ERROR_KINDS)}, got {self.kind!r}")
 
     @property
     def stationary_bad(self) -> float:
@@ -87,9 +83,8 @@ class RateLimit:
     burst: float = 5.0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.rate_per_s, (int, float)) and self.rate_per_s > 0,
-               f"rate_limit.rate_per_s must be > 0, got {self.rate_per_s!r}")
-        _check(isinstance(self.burst, (int, float)) and self.burst >= 1, f"rate_limit.burst must be >= 1, got {self.burst!r}")
+        check_number("rate_limit.rate_per_s", self.rate_per_s, 0, low_open=True)
+        check_number("rate_limit.burst", self.burst, 1)
 
     def scaled(self, intensity: float) -> "RateLimit | None":
         """Lower intensity allows more: rate and burst divided by intensity; 0 removes the limit."""

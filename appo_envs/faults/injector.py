@@ -3,7 +3,9 @@
 ``for_call(tool, k)`` is a pure function of (key, tool, k). The stateful models (the
 Gilbert–Elliott chain, correlated latency, the cold start after a sandbox death) are
 functions of the draws of calls 0..k of that tool, computed in order once and memoised,
-so forks, replays and the members of a rollout group that share a key agree exactly.
+so forks, replays and the members of a rollout group that share a key agree exactly. A fork
+that draws fresh faults keeps its parent's realised history (:meth:`FaultInjector.inherit_history`):
+only the calls after the fork are drawn from its own key.
 The one decision that also depends on what the agent does — the token-bucket rate limit,
 which depends on when calls arrive on the env clock — is made by the env from its
 episode state (see :class:`appo_envs.faults.errors.TokenBucket`).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Mapping
 
 from appo_envs.faults.draws import Draws
 from appo_envs.faults.hostile import Injection, make_injection
@@ -63,6 +66,21 @@ class FaultInjector:
         # tool -> per call: (CallFault, Gilbert–Elliott state, normal score of the latency chain)
         self._memo: dict[str, list[tuple[CallFault, bool, float]]] = {}
         self._memo_lock = threading.Lock()
+
+    def inherit_history(self, parent: "FaultInjector", calls_made: Mapping[str, int]) -> "FaultInjector":
+        """This (new, unused) injector, continuing ``parent``'s episode: returns self.
+
+        A fork under fresh pairing must stay in the state the parent's calls left: in an
+        outage, on a correlated latency chain, owing a cold start. So calls 0..n-1 of each
+        tool (``calls_made[tool]`` = n) keep the parent's decisions, and call n onwards is drawn
+        from this injector's key, continuing from the parent's state after call n-1.
+        """
+        for tool, n in calls_made.items():
+            if n > 0:
+                parent.for_call(tool, n - 1)  # the parent's memo holds calls 0..n-1
+                with parent._memo_lock:
+                    self._memo[tool] = parent._memo[tool][:n]
+        return self
 
     def spec(self, tool: str) -> ToolFaults:
         """The effective (intensity-scaled) faults of ``tool``."""

@@ -18,6 +18,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, ClassVar
 
+from appo_envs.faults.validation import check, check_number, is_number, within
+
 _STD_NORMAL = NormalDist()
 _Z99 = _STD_NORMAL.inv_cdf(0.99)
 _NETEM_TABLE_MIN, _NETEM_TABLE_MAX = -4.0, 32767 / 8192  # netem stores the table as int16 / NETEM_DIST_SCALE
@@ -25,11 +27,6 @@ _NETEM_TABLE_MIN, _NETEM_TABLE_MAX = -4.0, 32767 / 8192  # netem stores the tabl
 
 def _clip_u(u: float) -> float:
     return min(max(u, 1e-12), 1.0 - 1e-12)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class Constant(LatencyModel):
     value_s: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.value_s >= 0, "constant latency value_s must be >= 0")
+        check_number("value_s", self.value_s)
 
     def sample(self, u: float) -> float:
         return self.value_s
@@ -75,7 +72,8 @@ class Uniform(LatencyModel):
     high_s: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(0 <= self.low_s <= self.high_s, "uniform latency needs 0 <= low_s <= high_s")
+        check_number("low_s", self.low_s)
+        check_number("high_s", self.high_s, self.low_s)
 
     def sample(self, u: float) -> float:
         return self.low_s + (self.high_s - self.low_s) * u
@@ -90,7 +88,8 @@ class Normal(LatencyModel):
     sd_s: float = 0.01
 
     def __post_init__(self) -> None:
-        _check(self.mean_s >= 0 and self.sd_s >= 0, "normal latency needs mean_s >= 0 and sd_s >= 0")
+        check_number("mean_s", self.mean_s)
+        check_number("sd_s", self.sd_s)
 
     def sample(self, u: float) -> float:
         return max(0.0, self.mean_s + self.sd_s * _STD_NORMAL.inv_cdf(_clip_u(u)))
@@ -105,7 +104,8 @@ class LogNormal(LatencyModel):
     p99_s: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(0 < self.median_s <= self.p99_s, "lognormal latency needs 0 < median_s <= p99_s")
+        check_number("median_s", self.median_s, 0, low_open=True)
+        check_number("p99_s", self.p99_s, self.median_s)
 
     def sample(self, u: float) -> float:
         sigma = math.log(self.p99_s / self.median_s) / _Z99
@@ -126,8 +126,9 @@ class Pareto(LatencyModel):
     max_s: float = math.inf
 
     def __post_init__(self) -> None:
-        _check(self.scale_s > 0 and self.alpha > 0, "pareto latency needs scale_s > 0 and alpha > 0")
-        _check(self.max_s >= self.scale_s, "pareto latency needs max_s >= scale_s")
+        check_number("scale_s", self.scale_s, 0, low_open=True)
+        check_number("alpha", self.alpha, 0, low_open=True)
+        check_number("max_s", self.max_s, self.scale_s, finite=False)  # inf: no cap
 
     def sample(self, u: float) -> float:
         return min(self.max_s, self.scale_s * (1.0 - _clip_u(u)) ** (-1.0 / self.alpha))
@@ -149,7 +150,8 @@ class ParetoNormal(LatencyModel):
     sigma_s: float = 0.02
 
     def __post_init__(self) -> None:
-        _check(self.mu_s >= 0 and self.sigma_s >= 0, "paretonormal latency needs mu_s >= 0 and sigma_s >= 0")
+        check_number("mu_s", self.mu_s)
+        check_number("sigma_s", self.sigma_s)
 
     @staticmethod
     def table(u: float) -> float:
@@ -165,16 +167,20 @@ class ParetoNormal(LatencyModel):
 def load_latency_file(path: str | Path, unit: str = "s") -> tuple[float, ...]:
     """Measured latencies from a text file: one number per line (``#`` comments, blank lines skipped)."""
     factor = _UNITS.get(unit)
-    _check(factor is not None, f"empirical latency unit must be one of {sorted(_UNITS)}, got {unit!r}")
+    check(factor is not None, f"unit must be one of {sorted(_UNITS)}, got {unit!r}")
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"path: cannot read the latency file {str(path)!r}: {e}") from None
     values = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         try:
             values.append(float(line.split(",")[0]) * factor)
         except ValueError:
-            raise ValueError(f"{path}:{n}: expected one latency number per line, got {line!r}") from None
+            raise ValueError(f"path: {path}:{n}: expected one latency number per line, got {line!r}") from None
     return tuple(values)
 
 
@@ -197,11 +203,15 @@ class Empirical(LatencyModel):
     _sorted: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check((self.path is None) != (not self.values_s), "empirical latency needs exactly one of path or values_s")
+        check((self.path is None) != (not self.values_s), "values_s: give exactly one of path or values_s")
+        check(isinstance(self.values_s, (list, tuple)), f"values_s must be a list of numbers, got {self.values_s!r}")
+        for i, v in enumerate(self.values_s):
+            check_number(f"values_s[{i}]", v)
+        source = "values_s" if self.path is None else "path"
         values = load_latency_file(self.path, self.unit) if self.path is not None else tuple(map(float, self.values_s))
-        _check(len(values) >= 2, f"empirical latency needs at least 2 values, got {len(values)}")
-        _check(all(v >= 0 and math.isfinite(v) for v in values), "empirical latencies must be finite and >= 0")
-        _check(self.scale >= 0, "empirical latency scale must be >= 0")
+        check(len(values) >= 2, f"{source}: empirical latency needs at least 2 values, got {len(values)}")
+        check(all(v >= 0 and math.isfinite(v) for v in values), f"{source}: empirical latencies must be finite and >= 0")
+        check_number("scale", self.scale)
         object.__setattr__(self, "_sorted", tuple(sorted(values)))
 
     def sample(self, u: float) -> float:
@@ -222,30 +232,36 @@ LATENCY_MODELS: dict[str, type[LatencyModel]] = {
     m.kind: m for m in (Constant, Uniform, Normal, LogNormal, Pareto, ParetoNormal, Empirical)
 }
 
-_PARAM_TYPES: dict[str, Any] = {"path": str, "unit": str, "values_s": lambda v: tuple(float(x) for x in v)}
+# Numbers become floats (the models' own checks reject anything else, bools and text included).
+_PARAM_TYPES: dict[str, Any] = {"path": str, "unit": str,
+                                "values_s": lambda v: tuple(map(_as_float, v)) if isinstance(v, (list, tuple)) else v}
+
+
+def _as_float(v: Any) -> Any:
+    return float(v) if is_number(v) else v
 
 
 def latency_from_dict(spec: dict[str, Any] | LatencyModel | float | int) -> LatencyModel:
     """Build a model from plain data; a bare number means a constant delay in seconds."""
     if isinstance(spec, LatencyModel):
         return spec
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return Constant(float(spec))
+    if is_number(spec):
+        with within("latency"):
+            return Constant(float(spec))
     if not isinstance(spec, dict) or "kind" not in spec:
         raise ValueError(f"latency must be a number or a mapping with 'kind' (one of {sorted(LATENCY_MODELS)}), got {spec!r}")
     params = dict(spec)
     kind = params.pop("kind")
-    cls = LATENCY_MODELS.get(kind)
+    cls = LATENCY_MODELS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown latency kind {kind!r}; known: {sorted(LATENCY_MODELS)}")
+        raise ValueError(f"latency.kind: unknown latency kind {kind!r}; known: {sorted(LATENCY_MODELS)}")
     known = {f.name for f in fields(cls) if f.init}
     unknown = set(params) - known
     if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for latency kind {kind!r}; expected {sorted(known)}")
-    try:
-        return cls(**{k: _PARAM_TYPES.get(k, float)(v) for k, v in params.items()})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"latency {kind!r}: {e}") from None
+        raise ValueError(f"latency: unknown parameter(s) {sorted(unknown)} for latency kind {kind!r}; "
+                         f"expected {sorted(known)}")
+    with within("latency"):
+        return cls(**{k: _PARAM_TYPES.get(k, _as_float)(v) for k, v in params.items()})
 
 
 def correlated_uniform(z_prev: float | None, u: float, rho: float) -> tuple[float, float]:

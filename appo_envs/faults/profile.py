@@ -1,51 +1,62 @@
 """Fault profiles: plain data saying which faults each tool suffers, and how often.
 
-A profile is a frozen dataclass built from presets, dicts or YAML. ``tools`` holds
-per-tool overrides, merged onto ``default`` (a dict override changes only the keys it
-names). ``intensity`` in [0, 1] scales every rate monotonically (0 is clean), which is
-what robustness sweeps vary.
+A profile is a frozen dataclass built from presets, dicts or YAML. ``tools`` holds per-tool
+entries: partial overrides (the fields they set) applied on top of the final ``default``, so a
+default overridden on top of a preset reaches every tool except in the fields a tool's entry
+sets. ``intensity`` in [0, 1] scales every rate monotonically (0 is clean), which is what
+robustness sweeps vary.
 """
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from appo_envs.faults.corruption import CORRUPTIONS
 from appo_envs.faults.errors import ERROR_KINDS, GilbertElliott, RateLimit
 from appo_envs.faults.hostile import HOSTILE_TEMPLATES
 from appo_envs.faults.latency import Constant, LatencyModel, LogNormal, ParetoNormal, latency_from_dict
+from appo_envs.faults.validation import check, check_number, within
 
 PAIRINGS = ("shared", "fresh")
 ATTRIBUTIONS = ("any", "terminal", "off")  # how info["infra_failure"] is decided; see appo_envs.faults.log
 
 
-def _check_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-
-
-def _reject_unknown(where: str, data: Mapping[str, Any], cls: type) -> None:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
+def _reject_unknown(where: str, data: Any, cls: type) -> None:
+    """Plain data for ``cls`` must be a mapping of its field names (``where`` names it in the message)."""
+    check(isinstance(data, Mapping), f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls) if f.init}
     unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; allowed: {sorted(known)}")
+    check(not unknown, f"{where}: unknown key(s) {sorted(unknown, key=str)}; allowed: {sorted(known)}")
 
 
-def _check_weights(where: str, weights: Mapping[str, float], known: Mapping[str, Any]) -> None:
+# weighted-choice field -> (what its names are, the names it may use)
+_WEIGHTED: dict[str, tuple[str, Mapping[str, Any]]] = {
+    "error_kinds": ("error kind", ERROR_KINDS),
+    "corruption_kinds": ("corruption kind", CORRUPTIONS),
+    "hostile_templates": ("hostile template", HOSTILE_TEMPLATES),
+}
+
+
+def _check_weights(name: str, weights: Any) -> None:
+    """Known names with finite weights >= 0, at least one of them positive (a choice needs something to pick)."""
+    what, known = _WEIGHTED[name]
+    check(isinstance(weights, Mapping), f"{name} must map {what}s to weights, got {weights!r}")
     unknown = set(weights) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {where} {sorted(unknown)}; known: {sorted(known)}")
-    if not weights or any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"{where} must map names to non-negative weights with a positive sum, got {dict(weights)}")
+    check(not unknown, f"{name}: unknown {what}(s) {sorted(unknown, key=str)}; known: {sorted(known)}")
+    for key, weight in weights.items():
+        check_number(f"{name}.{key}", weight)
+    check(sum(weights.values()) > 0, f"{name} needs at least one positive weight, got {dict(weights)}")
 
 
-def _weights(value: Any) -> dict[str, float]:
-    """A list of names means equal weights."""
-    return {k: 1.0 for k in value} if isinstance(value, (list, tuple)) else dict(value)
+def _weights(name: str, value: Any) -> dict[str, float]:
+    """A list of names means equal weights; a mapping gives each name its weight."""
+    if isinstance(value, (list, tuple)):
+        return {k: 1.0 for k in value}
+    check(isinstance(value, Mapping), f"{name} must be a list of names or a mapping of name to weight, got {value!r}")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -58,14 +69,15 @@ class NetworkToxics:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"network.{f.name} must be a number >= 0, got {v!r}")
+            check_number(f"network.{f.name}", getattr(self, f.name))
 
     def scaled(self, intensity: float) -> "NetworkToxics":
         if intensity == 0:
             return NetworkToxics()
         return NetworkToxics(self.bandwidth_bytes_per_s / intensity, self.slice_bytes, self.slice_delay_s * intensity)
+
+
+_RECORDS: dict[str, type] = {"bursts": GilbertElliott, "rate_limit": RateLimit, "network": NetworkToxics}
 
 
 @dataclass(frozen=True)
@@ -100,18 +112,17 @@ class ToolFaults:
         if not isinstance(self.latency, LatencyModel):  # a number (constant delay) or a model's plain data
             object.__setattr__(self, "latency", latency_from_dict(self.latency))
         for name in ("error_rate", "corruption_rate", "hostile_rate"):
-            _check_fraction(name, getattr(self, name))
-        _check_weights("error kind(s)", self.error_kinds, ERROR_KINDS)
-        _check_weights("corruption kind(s)", self.corruption_kinds, CORRUPTIONS)
-        _check_weights("hostile template(s)", self.hostile_templates, HOSTILE_TEMPLATES)
-        if not (isinstance(self.latency_correlation, (int, float)) and 0 <= self.latency_correlation < 1):
-            raise ValueError(f"latency_correlation must be in [0, 1), got {self.latency_correlation!r}")
-        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
-        for name in ("cold_start_s", "retry_after_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+            check_number(name, getattr(self, name), 0, 1)
+        for name in _WEIGHTED:
+            _check_weights(name, getattr(self, name))
+        check_number("latency_correlation", self.latency_correlation, 0, 1, high_open=True)
+        check_number("timeout_s", self.timeout_s, 0, low_open=True)
+        check_number("cold_start_s", self.cold_start_s)
+        check_number("retry_after_s", self.retry_after_s)
+        for name, record in _RECORDS.items():
+            value = getattr(self, name)
+            check(isinstance(value, record) or (value is None and name != "network"),
+                  f"{name} must be a {record.__name__}, got {value!r}")
 
     def scaled(self, intensity: float) -> "ToolFaults":
         """Every rate times ``intensity``; delays scaled; the rate limit loosened (removed at 0)."""
@@ -140,37 +151,49 @@ class ToolFaults:
         return frozenset(kinds)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "tool faults",
-                  base: "ToolFaults | None" = None) -> "ToolFaults":
-        """Build from plain data; keys not given keep their value in ``base`` (default: the defaults)."""
-        _reject_unknown(where, data, cls)
-        kw = dict(data)
-        try:
-            if "latency" in kw:
-                kw["latency"] = latency_from_dict(kw["latency"])
-            for name in ("error_kinds", "corruption_kinds", "hostile_templates"):
-                if name in kw:
-                    kw[name] = _weights(kw[name])
-            for name, sub in (("bursts", GilbertElliott), ("rate_limit", RateLimit), ("network", NetworkToxics)):
-                if kw.get(name) is not None and not isinstance(kw[name], sub):
-                    _reject_unknown(f"{where}.{name}", kw[name], sub)
-                    kw[name] = sub(**kw[name])
-            return replace(base, **kw) if base is not None else cls(**kw)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+    def from_dict(cls, data: Mapping[str, Any], where: str = "", base: "ToolFaults | None" = None) -> "ToolFaults":
+        """Build from plain data; keys not given keep their value in ``base`` (default: the defaults).
+
+        ``where`` is the data's path in the profile (``default``), prefixed to error messages.
+        """
+        overrides = tool_overrides(data, where)
+        with within(where):
+            return replace(base, **overrides) if base is not None else cls(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, LatencyModel):
-                v = v.to_dict()
-            elif isinstance(v, (GilbertElliott, RateLimit, NetworkToxics)):
-                v = {g.name: getattr(v, g.name) for g in fields(v)}
-            elif isinstance(v, Mapping):
-                v = dict(v)
-            out[f.name] = v
-        return out
+        """Every field as plain data (``from_dict`` reads it back)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    """A ToolFaults field value as plain data (what YAML holds)."""
+    if isinstance(value, LatencyModel):
+        return value.to_dict()
+    if isinstance(value, tuple(_RECORDS.values())):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _parse_field(name: str, value: Any) -> Any:
+    """One ToolFaults field from plain data; typed values pass through (the ToolFaults checks them)."""
+    if name == "latency":
+        return latency_from_dict(value)
+    if name in _WEIGHTED:
+        return _weights(name, value)
+    record = _RECORDS.get(name)
+    if record is not None and value is not None and not isinstance(value, record):
+        _reject_unknown(name, value, record)
+        return record(**value)
+    return value
+
+
+def tool_overrides(entry: Mapping[str, Any] | ToolFaults, where: str = "") -> dict[str, Any]:
+    """The fields a per-tool entry sets, as typed values: a mapping sets the keys it gives, a ToolFaults every field."""
+    if isinstance(entry, ToolFaults):
+        return {f.name: getattr(entry, f.name) for f in fields(entry)}
+    _reject_unknown(where or "tool faults", entry, ToolFaults)
+    with within(where):
+        return {name: _parse_field(name, value) for name, value in entry.items()}
 
 
 @dataclass(frozen=True)
@@ -189,9 +212,7 @@ class Patience:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"patience.{f.name} must be a number >= 0, got {v!r}")
+            check_number(f"patience.{f.name}", getattr(self, f.name))
 
     def abort_probability(self, waited_s: float, turns: int) -> float:
         """P(abort at this turn) = 1 - exp(-hazard)."""
@@ -207,7 +228,10 @@ class Patience:
 
 @dataclass(frozen=True)
 class FaultProfile:
-    """Which faults the tools of an env suffer. ``tools`` overrides ``default`` per tool name.
+    """Which faults the tools of an env suffer: ``default``, with ``tools[name]`` overriding the fields it sets.
+
+    A ``tools`` entry is a mapping of the ToolFaults fields it sets (plain data or typed
+    values) or a whole ToolFaults (which sets every field); it is stored as the mapping.
 
     ``hostile_penalty`` is subtracted from the reward of the step in which the agent obeys
     an injected instruction (once per injection). ``attribution`` picks the rule that sets
@@ -216,7 +240,7 @@ class FaultProfile:
 
     name: str = "custom"
     default: ToolFaults = field(default_factory=ToolFaults)
-    tools: Mapping[str, ToolFaults] = field(default_factory=dict)
+    tools: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tool -> the fields its entry sets
     patience: Patience = field(default_factory=Patience)
     intensity: float = 1.0
     real_time: bool = False  # sleep for injected delays instead of only charging the virtual clock
@@ -226,22 +250,49 @@ class FaultProfile:
     _effective: dict[str, ToolFaults] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_fraction("intensity", self.intensity)
-        if self.pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
-        if self.attribution not in ATTRIBUTIONS:
-            raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {self.attribution!r}")
-        if not (isinstance(self.hostile_penalty, (int, float)) and self.hostile_penalty >= 0):
-            raise ValueError(f"hostile_penalty must be a number >= 0, got {self.hostile_penalty!r}")
-        if not isinstance(self.real_time, bool):
-            raise ValueError(f"real_time must be true or false, got {self.real_time!r}")
+        check(isinstance(self.name, str), f"name must be a string, got {self.name!r}")
+        check(isinstance(self.default, ToolFaults), f"default must be a ToolFaults, got {type(self.default).__name__}")
+        check(isinstance(self.patience, Patience), f"patience must be a Patience, got {type(self.patience).__name__}")
+        check_number("intensity", self.intensity, 0, 1)
+        check(self.pairing in PAIRINGS, f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+        check(self.attribution in ATTRIBUTIONS, f"attribution must be one of {ATTRIBUTIONS}, got {self.attribution!r}")
+        check_number("hostile_penalty", self.hostile_penalty)
+        check(isinstance(self.real_time, bool), f"real_time must be true or false, got {self.real_time!r}")
+        check(isinstance(self.tools, Mapping), "tools must map tool names to tool fault overrides")
+        entries = {}
+        for tool, entry in self.tools.items():
+            check(isinstance(tool, str), f"tools: a tool name must be a string, got {tool!r}")
+            entries[tool] = tool_overrides(entry, f"tools.{tool}")
+            with within(f"tools.{tool}"):  # the entry must give valid faults on top of the default
+                replace(self.default, **entries[tool])
+        object.__setattr__(self, "tools", entries)
+
+    def tool_faults(self, tool: str) -> ToolFaults:
+        """Faults of ``tool`` before intensity: ``default`` with the fields its entry sets replaced."""
+        entry = self.tools.get(tool)
+        return replace(self.default, **entry) if entry else self.default
 
     def for_tool(self, tool: str) -> ToolFaults:
         """Effective faults of ``tool`` with intensity applied (computed once per profile and tool)."""
         spec = self._effective.get(tool)
         if spec is None:
-            spec = self._effective[tool] = self.tools.get(tool, self.default).scaled(self.intensity)
+            spec = self._effective[tool] = self.tool_faults(tool).scaled(self.intensity)
         return spec
+
+    def check_tools(self, env_tools: Iterable[str]) -> None:
+        """Refuse an entry whose tool the env lacks but whose name looks like a misspelling of one it has.
+
+        Misspelt means a difflib similarity >= 0.65 of the lower-cased name to a tool's: one
+        wrong, missing, extra or swapped letter in a name of three or more. Other entries for
+        tools the env lacks are kept and unused: one profile can serve a sweep over envs with
+        different tools (chaos names python).
+        """
+        have = list(env_tools)
+        for tool in self.tools:
+            near = difflib.get_close_matches(tool.lower(), have, n=1, cutoff=0.65) if tool not in have else []
+            if near:
+                raise ValueError(f"fault profile {self.name!r} has faults for tool {tool!r}, which this env does not "
+                                 f"have; did you mean {near[0]!r}? (the env's tools: {', '.join(have)})")
 
     @property
     def effective_patience(self) -> Patience:
@@ -254,24 +305,20 @@ class FaultProfile:
     def from_dict(cls, data: Mapping[str, Any]) -> "FaultProfile":
         """Build from plain data; ``base: <preset>`` starts from a preset and overrides it.
 
-        ``tools.<name>`` entries override only the keys they give, on top of the resolved ``default``.
+        ``default`` overrides the keys it gives in the preset's default; a ``tools.<name>`` entry
+        adds the keys it gives to the preset's entry for that tool (both apply on top of the final default).
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a fault profile must be a mapping, got {type(data).__name__}")
+        check(isinstance(data, Mapping), f"a fault profile must be a mapping, got {type(data).__name__}")
         allowed = {f.name for f in fields(cls) if f.init} | {"base"}
         unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(f"unknown key(s) {sorted(unknown)} in fault profile; allowed: {sorted(allowed)}")
+        check(not unknown, f"unknown key(s) {sorted(unknown, key=str)} in fault profile; allowed: {sorted(allowed)}")
         kw = dict(data)
         start = preset(kw.pop("base")) if "base" in kw else cls()
         if "default" in kw:
             kw["default"] = ToolFaults.from_dict(kw["default"], "default", base=start.default)
-        default = kw.get("default", start.default)
         if "tools" in kw:
-            if not isinstance(kw["tools"], Mapping):
-                raise ValueError("tools must map tool names to tool fault overrides")
-            kw["tools"] = {**start.tools, **{t: v if isinstance(v, ToolFaults) else
-                                             ToolFaults.from_dict(v, f"tools.{t}", base=start.tools.get(t, default))
+            check(isinstance(kw["tools"], Mapping), "tools must map tool names to tool fault overrides")
+            kw["tools"] = {**start.tools, **{t: {**start.tools.get(t, {}), **tool_overrides(v, f"tools.{t}")}
                                              for t, v in kw["tools"].items()}}
         if "patience" in kw and not isinstance(kw["patience"], Patience):
             _reject_unknown("patience", kw["patience"], Patience)
@@ -286,7 +333,7 @@ class FaultProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "default": self.default.to_dict(),
-                "tools": {k: v.to_dict() for k, v in self.tools.items()},
+                "tools": {t: {k: _plain(v) for k, v in entry.items()} for t, entry in self.tools.items()},
                 "patience": {f.name: getattr(self.patience, f.name) for f in fields(Patience)},
                 "intensity": self.intensity, "real_time": self.real_time, "pairing": self.pairing,
                 "hostile_penalty": self.hostile_penalty, "attribution": self.attribution}
@@ -325,7 +372,7 @@ PRESETS: dict[str, FaultProfile] = {
         name="chaos",
         default=_CHAOS,
         # Only sandboxed tools can lose their worker; the python tool also gets sandbox deaths.
-        tools={"python": replace(_CHAOS, error_kinds={**_CHAOS.error_kinds, "sandbox_death": 1})},
+        tools={"python": {"error_kinds": {**_CHAOS.error_kinds, "sandbox_death": 1}}},
         patience=Patience(base_hazard=0.01, per_second=0.002, per_turn=0.02),
     ),
 }
@@ -335,7 +382,7 @@ def preset(name: str) -> FaultProfile:
     """A preset profile by name."""
     try:
         return PRESETS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name (a list from YAML)
         raise ValueError(f"unknown fault profile {name!r}; presets: {sorted(PRESETS)} "
                          "(or pass a dict, a FaultProfile, or a path to a .yaml file)") from None
 
