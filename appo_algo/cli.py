@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from appo_algo.sweep_cli import add_report_arguments, add_sweep_arguments, cmd_report, cmd_sweep
-from appo_algo.train_cli import add_train_arguments, add_warmstart_arguments, cmd_train, cmd_warmstart
+from appo_algo.train_cli import add_train_arguments, add_warmstart_arguments, cmd_train, cmd_warmstart, int_at_least
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -22,15 +22,20 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", action="append", help="env id (repeatable; default: every env with a scripted agent)")
     p.add_argument("--profiles", nargs="+", default=["clean", "flaky", "degraded"])
-    p.add_argument("--episodes", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int_at_least(1), default=40)
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the first episode (then seed+1, ...)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from appo_algo.evaluate import evaluate_scripted, format_table
-    from appo_envs.agents import SCRIPTED_AGENTS
+    from appo_envs import resolve_profile
+    from appo_envs.agents import SCRIPTED_AGENTS, scripted_agent_for
 
     env_ids = args.env or list(SCRIPTED_AGENTS)
+    for env_id in env_ids:  # every cell's env and profile, before the first cell runs for minutes
+        scripted_agent_for(env_id)
+    for profile in args.profiles:
+        resolve_profile(profile)
     rows = []
     for env_id in env_ids:
         for profile in args.profiles:

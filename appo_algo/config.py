@@ -18,6 +18,7 @@ import yaml
 from appo_algo.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
 from appo_algo.branching import BRANCH_SELECTORS, BranchConfig
 from appo_algo.losses import LOSSES, LossConfig
+from appo_envs import ENVIRONMENTS, resolve_profile
 from appo_envs.yaml_file import load_yaml_mapping
 
 OMEGA_READINGS = ("paper", "code")
@@ -87,11 +88,13 @@ class TrainConfig:
     stdout_every: int = 1
 
     def __post_init__(self) -> None:
-        for name, registry, value in (("selector", BRANCH_SELECTORS, self.selector),
+        for name, registry, value in (("env_id", ENVIRONMENTS, self.env_id),
+                                      ("selector", BRANCH_SELECTORS, self.selector),
                                       ("advantage", ADVANTAGE_ESTIMATORS, self.advantage),
                                       ("loss", LOSSES, self.loss)):
             if value not in registry:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(registry)}")
+        resolve_profile(self.faults, self.intensity)  # an unknown preset, a bad profile or intensity: say so now
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.omega_reading not in OMEGA_READINGS:

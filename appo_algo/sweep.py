@@ -79,6 +79,9 @@ class SweepSpec:
         unknown_scripted = set(self.scripted) - {"episodes", "envs"}
         if unknown_scripted:
             raise ValueError(f"unknown scripted key(s) {sorted(unknown_scripted)}; allowed: ['envs', 'episodes']")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"sweep workers must be a positive integer (or null: CPU count), got {self.workers!r}")
         for key in ("num_cpus", "num_gpus"):
             self.resources.setdefault(key, 1 if key == "num_cpus" else 0)
 
@@ -350,8 +353,7 @@ def _parse(v: str) -> Any:
 def run_sweep(spec: SweepSpec, results_dir: str | Path, backend: str = "local", address: str | None = None,
               echo: Callable[[str], None] = print) -> Path:
     """Run the cells not yet done, then (re)write the tidy table; returns its path."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    run_backend = backend_runner(backend)
     _check_envs(spec)
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -362,8 +364,15 @@ def run_sweep(spec: SweepSpec, results_dir: str | Path, backend: str = "local", 
     echo(f"sweep {spec.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
          f"on backend {backend}")
     if todo:
-        BACKENDS[backend](todo, spec, results_dir, address)
+        run_backend(todo, spec, results_dir, address)
     return write_table(collect_rows(results_dir), results_dir)
+
+
+def backend_runner(backend: str) -> Callable[[list[Cell], SweepSpec, Path, str | None], None]:
+    """The function of ``BACKENDS`` named ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[backend]
 
 
 def _check_same_spec(spec: SweepSpec, results_dir: Path) -> None:

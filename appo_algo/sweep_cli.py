@@ -5,20 +5,24 @@ import argparse
 import time
 from pathlib import Path
 
+from appo_algo.train_cli import int_at_least
+
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="sweep YAML (see configs/demo_sweep.yaml)")
     p.add_argument("--out", default=None, help="results folder (default: results/<sweep name>); rerun to resume")
     p.add_argument("--backend", default="local", help="local (process pool, default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. ray://head:10001); default: local Ray")
-    p.add_argument("--workers", type=int, default=None, help="local pool size / local Ray CPUs (default: CPU count)")
+    p.add_argument("--workers", type=int_at_least(1), default=None,
+                   help="local pool size / local Ray CPUs (default: CPU count)")
     p.add_argument("--report", action="store_true", help="write report.html and report.md when the sweep is done")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from appo_algo.sweep import SweepSpec, cells_of, cells_table, run_sweep
+    from appo_algo.sweep import SweepSpec, backend_runner, cells_of, cells_table, run_sweep
 
+    backend_runner(args.backend)  # a typo fails now, --dry-run included
     spec = SweepSpec.load(args.config)
     if args.workers is not None:
         spec.workers = args.workers

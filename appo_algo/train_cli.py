@@ -3,6 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum`` (anything else is a usage error naming the bound)."""
+    def parse(text: str) -> int:
+        try:
+            if int(text) >= minimum:
+                return int(text)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+
+    return parse
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +35,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_warmstart_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
-    p.add_argument("--eval-episodes", type=int, default=64, help="episodes to measure the warm-start success rate (0: skip)")
+    p.add_argument("--eval-episodes", type=int_at_least(0), default=64,
+                   help="episodes to measure the warm-start success rate (0: skip)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

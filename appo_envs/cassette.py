@@ -9,7 +9,8 @@ schemas, the agent's actions, a hash of every observation, and which blob answer
   and records it.
 * ``cassette.replay_episode(env, tape)`` replays it with the env's tools replaced by the
   tape: nothing reaches a real tool (not even ``reset``), and the observations are
-  checked against the recorded hashes.
+  checked against the recorded hashes. It returns the steps and the fault log, and leaves
+  the env as it found it (its own tools, profile, episode and RNG), even when it raises.
 * ``cassette.replay_episode(env, tape, faults="flaky")`` overlays a fault profile on the
   recorded (typically clean) episode: same task, same actions, same tool responses, and
   faults exactly where the profile puts them (call *k* of *T* is a pure function of the
@@ -24,16 +25,17 @@ raises :class:`NotReplayable` naming what it needed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gymnasium as gym
 
 from appo_envs.core import ToolEnv
-from appo_envs.faults import FaultProfile, resolve_profile
+from appo_envs.faults import FaultLog, FaultProfile, resolve_profile
 from appo_envs.tools.base import Tool, ToolOutput
 
 CASSETTE_VERSION = 1
@@ -48,8 +50,9 @@ class NotReplayable(AttributeError):
 
 
 def content_hash(data: Any) -> str:
-    """SHA-256 of the canonical JSON of ``data``."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+    """SHA-256 of the canonical JSON of ``data`` (UTF-8; a lone surrogate is encoded as itself, "surrogatepass")."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _call_key(tool: str, k: int, arguments: dict[str, Any], error: str | None) -> str:
@@ -80,6 +83,29 @@ class ReplayedStep:
     terminated: bool
     truncated: bool
     info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A replayed episode: its steps and its fault log."""
+
+    steps: list[ReplayedStep]
+    fault_log: FaultLog
+
+
+# What a replay replaces on the env and puts back afterwards: its configuration, episode and RNG.
+_REPLAY_SWAPS = ("profile", "tools", "cassette", "_state", "_injector", "_np_random", "_np_random_seed")
+
+
+@contextlib.contextmanager
+def _swapped_out(env: ToolEnv) -> Iterator[None]:
+    """Restore every attribute of ``_REPLAY_SWAPS`` on leaving the block, however it is left."""
+    saved = {name: getattr(env, name) for name in _REPLAY_SWAPS}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(env, name, value)
 
 
 class Cassette:
@@ -125,22 +151,30 @@ class Cassette:
     # --- replay ----------------------------------------------------------------------------
 
     def replay_episode(self, env: gym.Env, tape: Tape | int = 0, faults: Any = None,
-                       verify: bool | None = None) -> list[ReplayedStep]:
+                       verify: bool | None = None) -> Replay:
         """Replay ``tape`` in ``env`` with its tools replaced by the tape; optionally overlay ``faults``.
 
         ``verify`` (default: True unless ``faults`` is given) asserts that every observation
-        hashes to the recorded one.
+        hashes to the recorded one. The env gets its own tools, profile, episode and RNG back
+        afterwards (the real tools are neither used nor closed), so it can go on as before.
         """
         tape = self.tapes[tape] if isinstance(tape, int) else tape
         base = _tool_env(env)
-        base.profile = resolve_profile(faults) if faults is not None else FaultProfile.from_dict(tape.profile)
-        # Overlaid errors are rendered by the env (a tape cannot know how a service would have failed).
-        base.tools = {t["name"]: TapeTool(**{**t, "handles_faults": t["handles_faults"] and faults is None})
-                      for t in tape.tools}
-        base.cassette = _Replayer(self, tape)
-        verify = faults is None if verify is None else verify
+        with _swapped_out(base):
+            base.profile = resolve_profile(faults) if faults is not None else FaultProfile.from_dict(tape.profile)
+            # Overlaid errors are rendered by the env (a tape cannot know how a service would have failed).
+            base.tools = {t["name"]: TapeTool(**{**t, "handles_faults": t["handles_faults"] and faults is None})
+                          for t in tape.tools}
+            base.cassette = _Replayer(self, tape)
+            steps = self._play_tape(env, tape, verify=faults is None if verify is None else verify,
+                                    overlay=faults is not None)
+            return Replay(steps, base.fault_log)
+
+    @staticmethod
+    def _play_tape(env: gym.Env, tape: Tape, verify: bool, overlay: bool) -> list[ReplayedStep]:
+        """Reset to the tape's seed and send its actions, checking the outcome when ``verify``."""
         options = dict(tape.options)
-        if base.profile.pairing == "fresh" and tape.fault_entropy is not None and faults is None:
+        if _tool_env(env).profile.pairing == "fresh" and tape.fault_entropy is not None and not overlay:
             options["fault_entropy"] = tape.fault_entropy
         obs, _ = env.reset(seed=tape.seed, options=options)
         _check(verify, obs, tape.observations[0], "the reset prompt")
@@ -158,12 +192,13 @@ class Cassette:
     # --- files -----------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
+        """Write one JSON file (ASCII: every string, lone surrogates included, round-trips through ``load``)."""
         data = {"version": CASSETTE_VERSION, "blobs": self.blobs, "tapes": [asdict(t) for t in self.tapes]}
-        Path(path).write_text(json.dumps(data, ensure_ascii=False))
+        Path(path).write_text(json.dumps(data, ensure_ascii=True), encoding="ascii")
 
     @classmethod
     def load(cls, path: str | Path) -> "Cassette":
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("version") != CASSETTE_VERSION:
             raise ValueError(f"{path}: cassette version {data.get('version')!r}, this code reads {CASSETTE_VERSION}")
         cassette = cls()

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import appo_envs
 from appo_envs.agents import ScriptedApiAgent, run_episode
-from appo_envs.tasks.api import INTENTS, compare_outcome, generate_api_task
+from appo_envs.tasks.api import INCOMPATIBLE, INTENTS, compare_outcome, generate_api_task
 from appo_envs.toolcalls import parse_tool_responses, render_answer, render_tool_call
 from appo_envs.tools import ApiAdmin
 
@@ -43,6 +43,41 @@ def test_reset_info_and_bad_arguments(make_env):
         gym.make(ENV_ID, intents=["steal"])
     with pytest.raises(ValueError, match="n_intents"):
         gym.make(ENV_ID, n_intents=3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_intents": True}, "n_intents must be 1, 2 or None"),
+    ({"n_intents": 2.0}, "n_intents must be 1, 2 or None"),
+    ({"intents": "place_order"}, "list of intent names"),
+    ({"intents": []}, "at least one intent"),
+    ({"intents": ["place_order", "place_order"]}, "more than once"),
+    ({"intents": ["place_order"], "n_intents": 2}, "two intents that can be combined"),
+    ({"intents": ["move_house", "place_order"], "n_intents": 2}, "two intents that can be combined"),
+])
+def test_intent_requests_that_cannot_be_honoured_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gym.make(ENV_ID, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        generate_api_task(np.random.default_rng(0), **kwargs)
+
+
+def test_two_intents_asked_for_are_two_intents_given():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        names = [i.name for i in generate_api_task(rng, n_intents=2).intents]
+        assert len(names) == 2 and frozenset(names) not in INCOMPATIBLE
+    few_pairs = ["move_house", "refund_damaged", "place_order"]  # only pairs with refund_damaged combine
+    assert all(len(generate_api_task(rng, 2, few_pairs).intents) == 2 for _ in range(30))
+
+
+@pytest.mark.parametrize("env_id", sorted(appo_envs.ENVIRONMENTS))
+def test_reset_after_close_reopens_the_tools(env_id):
+    env = gym.make(env_id)
+    first = env.reset(seed=0)[0]
+    env.close()
+    assert env.reset(seed=0)[0] == first
+    assert env.step(render_answer("done"))[2]
+    env.close()
 
 
 def test_every_intent_is_generated_and_pairs_are_order_independent():

@@ -1,4 +1,6 @@
 """Record/replay: exact replay with the tools unavailable, and fault overlays that change exactly the faulted calls."""
+from dataclasses import replace
+
 import gymnasium as gym
 import pytest
 
@@ -54,14 +56,51 @@ def test_replay_is_exact_without_the_tools(recorded, tmp_path):
     cassette.save(path)
     loaded = Cassette.load(path)
     env = unavailable_env()
-    steps = loaded.replay_episode(env, 0)  # verifies every observation hash against the tape
+    steps = loaded.replay_episode(env, 0).steps  # verifies every observation hash against the tape
     assert [s.observation for s in steps[:-1]] == observations[1:]
     assert steps[-1].terminated and steps[-1].reward == tape.rewards[-1]
-    # the env really has no working tools: a call that is not on the tape is refused, not executed
-    env.reset(seed=7)
-    with pytest.raises(CassetteMiss, match="not on the tape"):
-        env.step(render_tool_call("python", {"code": "print('never recorded')"}))
     env.close()
+
+
+def test_a_call_that_is_not_on_the_tape_is_refused_not_executed(recorded):
+    cassette, _ = recorded
+    tape = cassette.tapes[0]
+    wrong = replace(tape, actions=[render_tool_call("python", {"code": "print('never recorded')"})])
+    with pytest.raises(CassetteMiss, match="not on the tape"):
+        cassette.replay_episode(unavailable_env(), wrong)
+
+
+def test_replay_leaves_the_env_as_it_found_it(recorded):
+    cassette, _ = recorded
+    env = gym.make("appo/CodeExec-v0", faults="flaky", budgets={"max_turns": 10})
+    env.reset(seed=1)
+    base = env.unwrapped
+    before = (base.profile, dict(base.tools), base.state, base.np_random)
+    cassette.replay_episode(env, 0, faults=OVERLAY)
+    assert (base.profile, base.tools, base.state, base.np_random) == before and base.cassette is None
+    assert all(base.tools[name] is tool for name, tool in before[1].items())  # the real tools, none leaked
+    env.reset(seed=2)
+    assert "42" in env.step(render_tool_call("python", {"code": "print(6 * 7)"}))[0]
+    env.close()
+
+
+def test_content_hash_is_unchanged_and_takes_any_string():
+    # Pinned: cassettes recorded before surrogates were accepted keep their hashes.
+    assert content_hash({"a": "héllo ✓", "b": [1, 2.5, None]}) == \
+        "e116465a24ce57e835bdade6ca3f259762062554274eb4d4abfb55f42a45e7a1"
+    assert content_hash({"a": "\ud800"}) != content_hash({"a": "\udc00"})
+
+
+def test_arguments_with_lone_surrogates_record_save_and_replay(tmp_path):
+    actions = [render_tool_call("python", {"code": "print(len('\ud800'))  # \udcff"}), render_answer("1")]
+    env = gym.make("appo/CodeExec-v0", faults="clean")
+    cassette = Cassette()
+    cassette.record_episode(env, seed=1, actions=actions)
+    env.close()
+    path = tmp_path / "surrogates.json"
+    cassette.save(path)
+    replay = Cassette.load(path).replay_episode(unavailable_env(), 0)
+    assert [s.reward for s in replay.steps] == [0.0, cassette.tapes[0].rewards[-1]]
 
 
 def test_blobs_are_content_addressed(recorded):
@@ -74,10 +113,9 @@ def test_blobs_are_content_addressed(recorded):
 
 def test_overlay_changes_exactly_the_calls_the_profile_faults(recorded):
     cassette, _ = recorded
-    clean = cassette.replay_episode(unavailable_env(), 0)
-    env = unavailable_env()
-    faulted = cassette.replay_episode(env, 0, faults=OVERLAY)
-    injector = env.unwrapped._make_injector(7, None)
+    clean = cassette.replay_episode(unavailable_env(), 0).steps
+    faulted = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY).steps
+    injector = unavailable_env(faults=OVERLAY).unwrapped._make_injector(7, None)
     changed_expected, changed_seen = set(), set()
     k = 0
     for c, f in zip(clean, faulted):
@@ -99,8 +137,8 @@ def test_overlay_changes_exactly_the_calls_the_profile_faults(recorded):
 
 def test_overlay_of_the_same_profile_is_deterministic(recorded):
     cassette, _ = recorded
-    a = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY)
-    b = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY)
+    a = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY).steps
+    b = cassette.replay_episode(unavailable_env(), 0, faults=OVERLAY).steps
     assert [(s.observation, s.reward, s.info["faults"]) for s in a] == [(s.observation, s.reward, s.info["faults"]) for s in b]
 
 
@@ -111,9 +149,8 @@ def test_faulted_recording_replays_exactly():
     recorded_log = env.unwrapped.fault_log
     env.close()
     assert any(FAULT_CATEGORIES[e["kind"]] == "infra" for e in recorded_log)
-    replay_env = unavailable_env()
-    cassette.replay_episode(replay_env, 0)  # raises if any observation or reward differs
-    assert replay_env.unwrapped.fault_log == recorded_log
+    replay = cassette.replay_episode(unavailable_env(), 0)  # raises if any observation or reward differs
+    assert replay.fault_log == recorded_log
 
 
 def test_load_rejects_a_broken_cassette(recorded, tmp_path):
@@ -131,8 +168,13 @@ def test_envs_graded_on_service_state_refuse_replay_clearly():
     cassette = Cassette()
     cassette.record_episode(env, seed=1, actions=[render_answer("done")])
     env.close()
+    env = gym.make("appo/API-v0")
+    env.reset(seed=0)
     with pytest.raises(NotReplayable, match=r"'api'\.open_session outside tool calls"):
-        cassette.replay_episode(gym.make("appo/API-v0"), 0)
+        cassette.replay_episode(env, 0)
+    env.reset(seed=1)  # the failed replay put the real tool back
+    assert env.step(render_answer("done"))[2]
+    env.close()
 
 
 def test_search_episode_with_transport_faults_replays_exactly():
@@ -155,6 +197,5 @@ def test_search_episode_with_transport_faults_replays_exactly():
     env.close()
     assert any(key.endswith(("/http_5xx", "/http_429", "/timeout")) for key in tape.calls)  # the transport's answers
     replay_env = gym.make("appo/Search-v0")
-    cassette.replay_episode(replay_env, tape)
-    assert replay_env.unwrapped.fault_log == recorded_log
+    assert cassette.replay_episode(replay_env, tape).fault_log == recorded_log
     replay_env.close()

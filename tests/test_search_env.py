@@ -26,6 +26,16 @@ def test_reset_info_and_bad_arguments(make_env):
         env.reset(seed=0, options={"hops": 0})
 
 
+@pytest.mark.parametrize("hops", [True, False, 2.0, "2", 0, 4])
+def test_hops_that_are_not_1_2_or_3_are_refused(make_env, hops):
+    with pytest.raises(ValueError, match=r"hops must be one of \(1, 2, 3\)"):
+        gym.make(ENV_ID, hops=hops)
+    with pytest.raises(ValueError, match=r"hops must be one of \(1, 2, 3\)"):
+        make_env().reset(seed=0, options={"hops": hops})
+    with pytest.raises(ValueError, match=r"hops must be one of \(1, 2, 3\)"):
+        generate_search_task(np.random.default_rng(0), load_corpus(), hops)
+
+
 @pytest.mark.parametrize("hops", [1, 2, 3])
 def test_generated_answers_follow_the_corpus_facts(hops):
     corpus = load_corpus()

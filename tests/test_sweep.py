@@ -38,6 +38,8 @@ def test_grid_expansion_and_cell_ids():
     ({"grid": GRID, "kinds": ["nope"]}, "choose from"),
     ({"grid": GRID, "typo": 1}, "unknown sweep key"),
     ({"grid": GRID, "scripted": {"episode": 3}}, "unknown scripted key"),
+    ({"grid": GRID, "workers": -3}, "workers must be a positive integer"),
+    ({"grid": GRID, "workers": True}, "workers must be a positive integer"),
 ])
 def test_bad_specs_say_what_is_wrong(data, message):
     with pytest.raises(ValueError, match=message):

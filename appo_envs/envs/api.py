@@ -18,7 +18,7 @@ from sandboxes.services import ServiceHandle, connect
 
 from appo_envs.core import Budgets, Task, ToolEnv
 from appo_envs.envs.search import with_default_budgets
-from appo_envs.tasks.api import INTENTS, GradedTask, compare_outcome, generate_api_task, gold_outcome
+from appo_envs.tasks.api import GradedTask, check_intent_request, compare_outcome, generate_api_task, gold_outcome
 from appo_envs.tools import ApiTool, Tool
 
 
@@ -50,12 +50,7 @@ class ApiEnv(ToolEnv):
 
     def __init__(self, intents: list[str] | None = None, n_intents: int | None = None, api_url: str | None = None,
                  api_admin_key: str | None = None, budgets: Budgets | Mapping[str, Any] | None = None, **kwargs: Any):
-        unknown = set(intents or ()) - set(INTENTS)
-        if unknown:
-            raise ValueError(f"unknown intent(s) {sorted(unknown)}; intents: {sorted(INTENTS)}")
-        if n_intents not in (None, 1, 2):
-            raise ValueError(f"n_intents must be 1, 2 or None (random), got {n_intents!r}")
-        self.intents, self.n_intents = list(intents or INTENTS), n_intents
+        self.intents, self.n_intents = check_intent_request(n_intents, intents), n_intents
         self.api_service = connect_api(api_url, api_admin_key)
         super().__init__(budgets=with_default_budgets(budgets, self.default_budgets), **kwargs)
 

@@ -17,7 +17,7 @@ from sandboxes.corpus import Corpus, load_corpus
 from sandboxes.services import ServiceHandle, connect
 
 from appo_envs.core import Budgets, Task, ToolEnv
-from appo_envs.tasks.search import HOPS, exact_match, f1_score, generate_search_task
+from appo_envs.tasks.search import HOPS, exact_match, f1_score, generate_search_task, valid_hops
 from appo_envs.tools import SearchTool, Tool
 
 
@@ -39,7 +39,8 @@ def connect_search(url: str | None) -> tuple[ServiceHandle, Corpus]:
 
 
 def check_hops(hops: int | None) -> None:
-    if hops is not None and hops not in HOPS:
+    """Refuse a ``hops`` that is neither None nor an int in ``HOPS``."""
+    if hops is not None and not valid_hops(hops):
         raise ValueError(f"hops must be one of {HOPS} or None (random), got {hops!r}")
 
 

@@ -14,6 +14,7 @@ the order).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -214,19 +215,41 @@ def _task_id(kind: str, fixture: dict[str, Any], intents: list[Intent]) -> str:
     return f"{kind}-{'+'.join(i.name for i in intents)}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def generate_api_task(rng: np.random.Generator, n_intents: int | None = None, intents: list[str] | None = None) -> ApiTask:
-    """A shop and a request of ``n_intents`` (1 or 2; random if None) intents drawn from ``intents`` (default all)."""
-    names = list(intents or INTENTS)
+def check_intent_request(n_intents: int | None, intents: list[str] | None) -> list[str]:
+    """The intent names to draw from (``intents``, default all), once sure that ``n_intents`` of them can be asked."""
+    if isinstance(intents, str):
+        raise ValueError(f"intents must be a list of intent names, e.g. [{intents!r}], got the string {intents!r}")
+    names = list(INTENTS) if intents is None else list(intents)
     unknown = set(names) - set(INTENTS)
     if unknown:
         raise ValueError(f"unknown intent(s) {sorted(unknown)}; intents: {sorted(INTENTS)}")
-    if n_intents not in (None, 1, 2):
-        raise ValueError(f"n_intents must be 1, 2 or None, got {n_intents!r}")
+    if not names:
+        raise ValueError(f"intents must name at least one intent (or be None for all of {sorted(INTENTS)})")
+    if len(set(names)) < len(names):
+        raise ValueError(f"intents names an intent more than once: {names}")
+    if n_intents is not None and (isinstance(n_intents, bool) or not isinstance(n_intents, (int, np.integer))
+                                  or n_intents not in (1, 2)):
+        raise ValueError(f"n_intents must be 1, 2 or None (random), got {n_intents!r}")
+    if n_intents == 2 and all(frozenset(pair) in INCOMPATIBLE for pair in itertools.combinations(names, 2)):
+        raise ValueError(f"n_intents=2 needs two intents that can be combined, but intents {names} has none "
+                         f"(incompatible pairs: {sorted(sorted(p) for p in INCOMPATIBLE)}); add an intent or ask for 1")
+    return names
+
+
+def generate_api_task(rng: np.random.Generator, n_intents: int | None = None, intents: list[str] | None = None) -> ApiTask:
+    """A shop and a request of ``n_intents`` (1 or 2; random if None) intents drawn from ``intents`` (default all).
+
+    With n_intents None a drawn pair that cannot be combined (``INCOMPATIBLE``) becomes one
+    intent; with n_intents=2 another pair is drawn.
+    """
+    names = check_intent_request(n_intents, intents)
     while True:  # a shop rarely offers no customer for the drawn intents; then draw another shop
         fixture = generate_fixture(rng)
         k = n_intents or int(rng.integers(1, 3))
         chosen = [names[int(i)] for i in rng.permutation(len(names))[: min(k, len(names))]]
         if len(chosen) == 2 and frozenset(chosen) in INCOMPATIBLE:
+            if n_intents == 2:
+                continue
             chosen = chosen[:1]
         for ci in rng.permutation(len(fixture["customers"])):
             c = fixture["customers"][int(ci)]

@@ -38,6 +38,11 @@ class SearchTask:
     visited: tuple[tuple[str, str], ...]  # (entity type, name) of each document to read, in order
 
 
+def valid_hops(hops: object) -> bool:
+    """Whether ``hops`` is an int in ``HOPS`` (a bool or a float is not, though ``True == 1`` and ``2.0 == 2``)."""
+    return not isinstance(hops, bool) and isinstance(hops, (int, np.integer)) and hops in HOPS
+
+
 def _relations(entity_type: str) -> list[str]:
     return [a for a, target in SCHEMA[entity_type].items() if target is not None]
 
@@ -48,7 +53,7 @@ def generate_search_task(rng: np.random.Generator, corpus: Corpus, hops: int,
 
     ``final_attributes`` restricts what is asked for in the end (e.g. only numbers).
     """
-    if hops not in HOPS:
+    if not valid_hops(hops):
         raise ValueError(f"hops must be one of {HOPS}, got {hops!r}")
     types = list(START_WEIGHTS)
     while True:  # walks that cannot end in an allowed attribute are drawn again

@@ -34,13 +34,21 @@ API_GUIDE = ("Endpoints: GET /customers?email=<email> | ?name=<part>; GET /custo
 
 
 class ApiAdmin:
-    """Session management on an API service (never exposed to the agent)."""
+    """Session management on an API service (never exposed to the agent); ``close`` can be followed by more use."""
 
     def __init__(self, service: ServiceHandle, timeout_s: float = 10.0):
         if not service.admin_key:
             raise ValueError("the API service handle has no admin key; pass api_admin_key with api_url")
-        self.service = service
-        self.client = make_client(service.url, timeout_s, headers={"X-Admin-Key": service.admin_key}, faults=False)
+        self.service, self.timeout_s = service, timeout_s
+        self._client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """The admin HTTP client, opened on first use (again after ``close``, as when a closed env is reset)."""
+        if self._client is None:
+            headers = {"X-Admin-Key": self.service.admin_key}
+            self._client = make_client(self.service.url, self.timeout_s, headers=headers, faults=False)
+        return self._client
 
     def _ok(self, response: httpx.Response, what: str) -> httpx.Response:
         if response.status_code >= 300:
@@ -74,7 +82,9 @@ class ApiAdmin:
         return self.client.request(method, path, json=body, headers=headers)
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def _delete_quietly(admin: ApiAdmin, session_id: str, owner_pid: int) -> None:
