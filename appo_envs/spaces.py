@@ -33,7 +33,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def valid_unicode(text: str) -> str:
     """``text`` with every surrogate code point replaced by U+FFFD, so any codec (and the space) accepts it."""
-    return _SURROGATE.sub("\ufffd", text)
+    try:
+        text.encode("utf-8")  # the common case, in C: nothing to replace
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 class UnicodeText(Space[str]):

@@ -91,7 +91,13 @@ def _load_json(text: str, what: str) -> tuple[Any, str | None]:
         return None, f"{what} has an integer of more than {sys.get_int_max_str_digits()} digits"
     except RecursionError:
         return None, too_deep
-    return (None, too_deep) if _nests_deeper(value, MAX_JSON_DEPTH) else (value, None)
+    # Depth needs at least that many brackets in the text: count them (fast) before walking the value.
+    may_nest = text.count("[") + text.count("{") > MAX_JSON_DEPTH
+    return (None, too_deep) if may_nest and _nests_deeper(value, MAX_JSON_DEPTH) else (value, None)
+
+
+def _arguments_of(name: str) -> str:
+    return f'"arguments" of \'{shown_name(name)}\''
 
 
 def _parse_call_body(body: str) -> ToolCall | CallError:
@@ -104,13 +110,12 @@ def _parse_call_body(body: str) -> ToolCall | CallError:
     if not isinstance(name, str) or not name:
         return CallError('tool call needs a string "name"')
     args = obj.get("arguments", {})
-    what = f'"arguments" of \'{shown_name(name)}\''
     if isinstance(args, str):  # some chat templates emit arguments as a JSON string
-        args, problem = _load_json(args, f"{what} (a string)") if args.strip() else ({}, None)
+        args, problem = _load_json(args, f"{_arguments_of(name)} (a string)") if args.strip() else ({}, None)
         if problem is not None:
             return CallError(problem)
     if not isinstance(args, dict):
-        return CallError(f"{what} must be a JSON object, got {type(args).__name__}")
+        return CallError(f"{_arguments_of(name)} must be a JSON object, got {type(args).__name__}")
     return ToolCall(name=name, arguments=args)
 
 
@@ -187,6 +192,9 @@ def render_observation(responses: Sequence[tuple[str, str, str]], notes: Sequenc
     evenly), so one huge response cannot hide the turn's later ones. A cut response keeps its
     tags and ends its content with the truncation marker.
     """
+    whole = "\n".join([render_tool_response(*response) for response in responses] + list(notes))
+    if len(whole) <= limit:
+        return whole
     bodies = [content for _, _, content in responses] + list(notes)
     frames = sum(len(render_tool_response(name, status, "")) for name, status, _ in responses)
     room = max(0, limit - frames - max(0, len(bodies) - 1))  # minus the tags and the joining newlines
