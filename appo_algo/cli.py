@@ -6,8 +6,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from appo_algo.cli_types import int_at_least
 from appo_algo.sweep_cli import add_report_arguments, add_sweep_arguments, cmd_report, cmd_sweep
-from appo_algo.train_cli import add_train_arguments, add_warmstart_arguments, cmd_train, cmd_warmstart, int_at_least
+from appo_algo.train_cli import add_train_arguments, add_warmstart_arguments, cmd_train, cmd_warmstart
 
 
 def cmd_envs(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from appo_algo.train_cli import int_at_least
+from appo_algo.cli_types import int_at_least
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:

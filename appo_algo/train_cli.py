@@ -3,20 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable
 
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``minimum`` (anything else is a usage error naming the bound)."""
-    def parse(text: str) -> int:
-        try:
-            if int(text) >= minimum:
-                return int(text)
-        except ValueError:
-            pass
-        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-
-    return parse
+from appo_algo.cli_types import int_at_least
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
